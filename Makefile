@@ -1,0 +1,40 @@
+# nnship — the two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed before the project so that its build can be chosen: the default pin takes
+# the platform's standard wheel (CUDA-enabled on Linux x86_64); pass TORCH=... for another build.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+RUN ?= runs/digits-cnn
+
+.PHONY: setup demo test lint format quality clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup  ## train the default model (cnn on digits) and show its metrics
+	$(BIN)/nnship train --model cnn --dataset digits --out $(RUN) --overwrite
+	@$(BIN)/python -c "import json; print(json.dumps(json.load(open('$(RUN)/metrics.json')), indent=2))"
+
+test: setup  ## the whole test suite
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+quality: setup  ## retrain the quality-bar models over 3 seeds -> reports/training-quality.md
+	$(BIN)/python -m training.quality
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

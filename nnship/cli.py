@@ -1,0 +1,53 @@
+"""The `nnship` console script: one subcommand per stage, each a thin parser over a typed function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from nnship.errors import NnshipError
+
+SUBCOMMANDS = {
+    "train": ("training.cli", "train a network on a built-in or user data set"),
+}
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if int(os.environ.get("RANK", 0)) != 0:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand; an NnshipError becomes one line on stderr and exit code 2."""
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return fn(args)
+    except NnshipError as e:
+        print(f"nnship: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nnship: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="nnship", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    return run_guarded(args._run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared fixtures: small data files and tiny trained runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def make_npz(path, n: int = 200, features: int = 6, classes: int = 3, seed: int = 0):
+    """A separable-ish classification set saved as NPZ (X, y)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centers = rng.normal(0, 3, (classes, features))
+    x = centers[y] + rng.normal(0, 1, (n, features))
+    np.savez(path, X=x.astype(np.float32), y=y)
+    return path
+
+
+@pytest.fixture
+def npz_file(tmp_path):
+    return make_npz(tmp_path / "blobs.npz")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished 3-epoch mlp run on iris, shared by read-only tests."""
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "iris"
+    train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(out)))
+    return out

@@ -1,0 +1,1 @@
+"""Data sets, the training loop (single process and DDP), checkpoints, metrics and plots."""
