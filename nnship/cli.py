@@ -12,6 +12,10 @@ from nnship.errors import NnshipError
 
 SUBCOMMANDS = {
     "train": ("training.cli", "train a network on a built-in or user data set"),
+    "export": (
+        "export.cli",
+        "export a run to ONNX, verify, optimize and store it as a model package",
+    ),
 }
 
 

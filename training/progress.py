@@ -38,3 +38,26 @@ def epoch_progress(epochs: int, enabled: bool = True) -> Iterator[EpochProgress]
     )
     with progress:
         yield EpochProgress(progress, progress.add_task("train", total=epochs, stats=""))
+
+
+class StepProgress:
+    def __init__(self, progress: Progress, task: int):
+        self._p, self._task = progress, task
+
+    def done(self, step: str) -> None:
+        self._p.update(self._task, advance=1, stats=f"{step} done")
+
+
+@contextmanager
+def step_progress(steps: list[str], label: str = "export") -> Iterator[StepProgress]:
+    """A bar over named steps (rich), silent when not on a terminal."""
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+        disable=not sys.stderr.isatty(),
+    )
+    with progress:
+        yield StepProgress(progress, progress.add_task(label, total=len(steps), stats=""))

@@ -1,0 +1,1 @@
+"""ONNX export, parity verification, optimization variants, benchmark, model package and store."""

@@ -1,0 +1,66 @@
+"""`nnship export` / `python -m export`: a thin parser over export_run()."""
+
+from __future__ import annotations
+
+import argparse
+
+from export.package import ExportOptions, export_run
+from export.variants import VARIANTS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory written by `nnship train`")
+    p.add_argument("--name", help="model name in the store (default: the run directory's name)")
+    p.add_argument(
+        "--accuracy-budget",
+        type=float,
+        default=0.003,
+        help="largest test-metric loss against fp32 that the default variant may have",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {','.join(VARIANTS)} (fp32 is always built)",
+    )
+    p.add_argument("--out", help="package directory (default: RUN_DIR/package)")
+    p.add_argument("--max-batch", type=int, default=1000, help="largest batch the parity gate runs")
+    p.add_argument(
+        "--threads", type=int, help="intra-op threads for measurements (default: all cores)"
+    )
+    p.add_argument(
+        "--no-store",
+        dest="store",
+        action="store_false",
+        help="write the package directory only, not the BentoML model store",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = ExportOptions(
+        run_dir=args.run_dir,
+        name=args.name,
+        accuracy_budget=args.accuracy_budget,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+        out=args.out,
+        max_batch=args.max_batch,
+        threads=args.threads,
+        store=args.store,
+    )
+    m = export_run(opts)
+    shipped = [v for v, e in m["variants"].items() if e.get("shipped")]
+    where = (
+        f"{m['model']}:{m['version']}" if m["version"] else (args.out or f"{args.run_dir}/package")
+    )
+    print(f"exported {where}: shipped {', '.join(shipped)}; default {m['default_variant']}")
+    print(f"  {m['default_reason']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnship.cli import run_guarded
+
+    p = argparse.ArgumentParser(
+        prog="nnship export", description="Export a run to an ONNX model package."
+    )
+    add_arguments(p)
+    return run_guarded(run, p.parse_args(argv))

@@ -1,0 +1,30 @@
+"""ONNX Runtime sessions with explicit providers and thread counts (shared with the service)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+CPU = "CPUExecutionProvider"
+
+
+def session_options(threads: int, level: str = "all") -> ort.SessionOptions:
+    """intra-op threads set explicitly (ONNX Runtime ignores OMP_NUM_THREADS), one inter-op thread."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    so.log_severity_level = 3
+    return so
+
+
+def cpu_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    threads = threads or os.cpu_count() or 1
+    return ort.InferenceSession(str(path), session_options(threads), providers=[CPU])
