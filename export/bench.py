@@ -65,3 +65,26 @@ def torch_runner(model: torch.nn.Module, threads: int) -> Callable[[np.ndarray],
             return model(torch.from_numpy(x))
 
     return run
+
+
+def measure_rounds(
+    runners: dict[str, Callable[[np.ndarray], object]],
+    row: np.ndarray,
+    big: np.ndarray,
+    min_seconds: float = 0.5,
+    rounds: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Measure every runner in interleaved rounds and keep each one's best round (lowest p50, highest
+    throughput), so that a passing disturbance on the machine does not decide a comparison."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            s = measure(fn, row, big, min_seconds / rounds).as_dict()
+            if name not in best:
+                best[name] = s
+            else:
+                b = best[name]
+                b["p50_ms"] = min(b["p50_ms"], s["p50_ms"])
+                b["p99_ms"] = min(b["p99_ms"], s["p99_ms"])
+                b["throughput_rps"] = max(b["throughput_rps"], s["throughput_rps"])
+    return best

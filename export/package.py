@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.bench import measure, ort_runner, torch_runner
+from export.bench import measure_rounds, ort_runner, torch_runner
 from export.choose import choose_default
 from export.onnx_export import export_onnx
 from export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
@@ -82,9 +82,8 @@ def check_writable(directory: Path, what: str) -> None:
 
 
 def store_home() -> Path:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return Path(BentoMLContainer.model_store_dir.get())
+    """The model store's folder, found without importing bentoml (which fails on a bad home)."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
 
 
 def _load_data(meta: dict[str, Any]):
@@ -112,7 +111,7 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
     check_writable(out.parent, "output directory")
     if opts.store:
         check_writable(store_home(), "BentoML model store")
-    ds, sp = _load_data(meta)
+    _, sp = _load_data(meta)
     threads = opts.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     task = meta["output"]["task"]
@@ -139,6 +138,7 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
         exporter = export_onnx(model, raw, onnx_meta)
         progress.done("export")
         torch_out = None
+        sessions: dict[str, Any] = {}
         for v in variants:
             path = tmp / f"{v}.onnx"
             entry: dict[str, Any] = {
@@ -188,11 +188,18 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
                     f"fp32 export disagrees with PyTorch: {parity.problem}; nothing shipped"
                 )
             entry["shipped"] = True
-            entry["speed"] = measure(ort_runner(session), row, big, opts.bench_seconds).as_dict()
+            sessions[v] = session
             entry["sha256"] = sha256_file(path)
             entry["size_bytes"] = path.stat().st_size
             results[v] = entry
             progress.done(v)
+        runners = {v: ort_runner(sess) for v, sess in sessions.items()}
+        runners["pytorch"] = torch_runner(model, threads)
+        speeds = measure_rounds(runners, row, big, opts.bench_seconds)
+        for v in sessions:
+            results[v]["speed"] = speeds[v]
+        pytorch = speeds["pytorch"]
+        progress.done("pytorch")
         base = results["fp32"]["test_metric"]
         for v, entry in results.items():
             if not entry.get("shipped"):
@@ -206,8 +213,6 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
                     f"{base - entry['test_metric']:.4f} below fp32, over the budget {opts.accuracy_budget}",
                 )
                 (tmp / entry["file"]).unlink()
-        pytorch = measure(torch_runner(model, threads), row, big, opts.bench_seconds).as_dict()
-        progress.done("pytorch")
         default, reason = choose_default(results, opts.accuracy_budget, CPU)
         gpu = "fp16" if results.get("fp16", {}).get("shipped") else "fp32"
         manifest = {

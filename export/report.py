@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from nnship.io import atomic_write  # noqa: E402
+from nnship.io import atomic_write
 
 
 def _row(name: str, v: dict[str, Any], torch_speed: dict[str, float], metric: str) -> str:

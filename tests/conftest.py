@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# every test process gets its own BentoML home (model store), set before bentoml is imported
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="nnship-bentoml-")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
 import numpy as np
 import pytest
 import torch

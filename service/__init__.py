@@ -1,0 +1,1 @@
+"""Serving: ONNX Runtime inference runtime, validation, the BentoML service, metrics, security, batch jobs."""

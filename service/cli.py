@@ -1,0 +1,124 @@
+"""`nnship serve MODEL[:VERSION]`: check the package, then run `bentoml serve` with the settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from export.package import load_package
+from nnship.errors import NnshipError
+from service.settings import Settings
+
+SERVICE = "service.service:NnshipService"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = Settings()
+    p.add_argument(
+        "model", help="MODEL[:VERSION] in the BentoML model store (or a package directory)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument(
+        "--variant", default=d.variant, help="auto (the package's choice) or a variant name"
+    )
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="intra-op threads per worker (0: auto)"
+    )
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms)
+    p.add_argument("--max-rows", type=int, default=d.max_rows)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument(
+        "--api-key-env", default=d.api_key_env, help="variable holding the API key (unset: no auth)"
+    )
+    p.add_argument(
+        "--protect-all", action="store_true", help="require the key for health and metrics too"
+    )
+    p.add_argument(
+        "--rate-limit", type=float, default=d.rate_limit, help="requests/s per client (0: off)"
+    )
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
+    p.add_argument("--timeout-s", type=float, default=d.timeout_s)
+    p.add_argument(
+        "--strict-range", action="store_true", help="reject inputs outside the training range"
+    )
+    p.add_argument(
+        "--require-gpu", action="store_true", help="fail unless CUDA really runs the model"
+    )
+    p.add_argument("--tensorrt", action="store_true", help="try TensorRT before CUDA")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = {k: getattr(args, k) for k in Settings.__dataclass_fields__ if hasattr(args, k)}
+    return Settings(**{**Settings.from_env().__dict__, **values})
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    load_package(settings.model)  # one-line refusal of a missing, tampered or truncated package
+    env = {**os.environ, **settings.to_env(), "BENTOML_DO_NOT_TRACK": "true"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    proc = subprocess.Popen(cmd, env=env)
+    url = f"http://{args.host}:{args.port}"
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        if proc.poll() is not None:
+            raise NnshipError(f"the service exited with code {proc.returncode} before it was ready")
+        print(
+            f"\nnnship: serving {settings.model} at {url} (OpenAPI: {url}/docs.json, metrics: {url}/metrics)"
+        )
+        print("try:  " + example_curl(url, settings.model), flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+def example_curl(url: str, model: str) -> str:
+    pkg = load_package(model)
+    shape = pkg.manifest["input"]["shape"]
+    stats = pkg.manifest["input"]["stats"]
+    import numpy as np
+
+    row = np.array([s["quantiles"]["q50"] for s in stats])
+    if pkg.manifest["family"] in ("rnn", "lstm", "gru"):
+        row = np.tile(row, (shape[0], 1))
+    example = np.round(row.reshape(shape), 3).tolist()
+    key = ' -H "Authorization: Bearer $NNSHIP_API_KEY"' if Settings.from_env().api_key() else ""
+    return (
+        f"curl -s -X POST {url}/predict -H 'Content-Type: application/json'{key} "
+        f"-d '{{\"inputs\": [{example}]}}'"
+    ).replace("], [", "],[")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnship.cli import run_guarded
+
+    p = argparse.ArgumentParser(
+        prog="nnship serve", description="Serve a model package with BentoML."
+    )
+    add_arguments(p)
+    return run_guarded(run, p.parse_args(argv))

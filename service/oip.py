@@ -1,0 +1,193 @@
+"""Open Inference Protocol v2 (Triton, KServe, MLServer) over the same runtime and adaptive batcher."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.validation import RequestError
+
+
+class _State:
+    service: Any = None  # the NnshipService instance of this worker, set once it is warmed up
+
+
+STATE = _State()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _service_or_error(request: Request) -> tuple[Any, Response | None]:
+    svc = STATE.service
+    if svc is None:
+        return None, _error(503, "model is loading")
+    name = request.path_params.get("name")
+    version = request.path_params.get("version")
+    if name is not None and name != svc.model:
+        return svc, JSONResponse(
+            {"error": f"unknown model {name!r}; this server serves {svc.model!r}"},
+            status_code=404,
+            headers={"x-nnship-reject": "unknown_model"},
+        )
+    if version is not None and version != svc.version:
+        return svc, JSONResponse(
+            {"error": f"unknown version {version!r} of {svc.model}; serving {svc.version}"},
+            status_code=404,
+            headers={"x-nnship-reject": "unknown_model"},
+        )
+    return svc, None
+
+
+async def server_metadata(request: Request) -> Response:
+    import nnship
+
+    return JSONResponse({"name": "nnship", "version": nnship.__version__, "extensions": []})
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    svc = STATE.service
+    ok = svc is not None and svc.ready
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+def _tensor_shape(shape: list[int], sequence: bool) -> list[int]:
+    return [-1, -1, *shape[1:]] if sequence else [-1, *shape]
+
+
+async def model_metadata(request: Request) -> Response:
+    svc, err = _service_or_error(request)
+    if err:
+        return err
+    m = svc.runtime.manifest
+    n_out = len(svc.labels) if svc.classification else 1
+    outputs = [{"name": "output", "datatype": "FP32", "shape": [-1, n_out]}]
+    if svc.classification:
+        outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, n_out]})
+    return JSONResponse(
+        {
+            "name": svc.model,
+            "versions": [svc.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": _tensor_shape(m["input"]["shape"], svc.validator.sequence),
+                }
+            ],
+            "outputs": outputs,
+            "parameters": {
+                "variant": svc.runtime.variant,
+                "provider": svc.runtime.provider,
+                "task": m["task"],
+                "labels": svc.labels,
+            },
+        }
+    )
+
+
+async def model_ready(request: Request) -> Response:
+    svc, err = _service_or_error(request)
+    if err:
+        return err
+    return JSONResponse(
+        {"name": svc.model, "ready": bool(svc.ready)}, status_code=200 if svc.ready else 503
+    )
+
+
+async def infer(request: Request) -> Response:
+    svc, err = _service_or_error(request)
+    if err:
+        return err
+    rid = request.headers.get("x-request-id", "")
+    body_bytes = await request.body()
+    try:
+        try:
+            body = json.loads(body_bytes, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError(
+                400, "malformed", [], "json", f"the body is not valid JSON: {e}"
+            ) from None
+        x, wanted = svc.validator.v2_inputs(body)
+        flagged, counts = svc.validator.out_of_range(x)
+        available = ["output", "probabilities"] if svc.classification else ["output"]
+        wanted = wanted or available
+        unknown = [w for w in wanted if w not in available]
+        if unknown:
+            raise RequestError(
+                400,
+                "malformed",
+                ["outputs"],
+                "output_name",
+                f"unknown output(s) {unknown}; available: {available}",
+            )
+    except RequestError as e:
+        return svc.reject(e, rid)
+    from service.service import Overloaded
+
+    try:
+        out = await svc.infer(x)
+    except Overloaded:
+        return svc.overloaded(rid)
+    except Exception:
+        return svc.failure(rid)
+    answer = svc.answer(x, out, flagged, counts)
+    tensors = {"output": out.astype(np.float32)}
+    if svc.classification:
+        tensors["probabilities"] = np.asarray(answer["probabilities"], dtype=np.float32)
+    response: dict[str, Any] = {
+        "model_name": svc.model,
+        "model_version": svc.version,
+        "outputs": [
+            {
+                "name": n,
+                "datatype": "FP32",
+                "shape": list(tensors[n].shape),
+                "data": tensors[n].reshape(-1).tolist(),
+            }
+            for n in wanted
+        ],
+        "parameters": {"variant": svc.runtime.variant},
+    }
+    if isinstance(body, dict) and isinstance(body.get("id"), str):
+        response["id"] = body["id"]
+    if flagged:
+        response["parameters"]["out_of_range"] = json.dumps(flagged)
+    return JSONResponse(response)
+
+
+def _reject_constant(name: str) -> float:
+    raise RequestError(
+        400,
+        "non_finite",
+        ["inputs", 0, "data"],
+        "finite_required",
+        f"{name} is not accepted; values must be finite numbers",
+    )
+
+
+oip_app = Starlette(
+    routes=[
+        Route("/", server_metadata, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/models/{name}", model_metadata, methods=["GET"]),
+        Route("/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+        Route("/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+        Route("/models/{name}/infer", infer, methods=["POST"]),
+        Route("/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+    ]
+)

@@ -1,0 +1,57 @@
+"""Bound the `endpoint` label of BentoML's request metrics.
+
+BentoML's traffic middleware labels its request counters and histograms with the raw request path,
+so every distinct unknown path (a scanner, a typo, a random id) becomes new series on /metrics
+without end. This wraps that middleware: paths outside the service's known routes are reported as
+one `endpoint="/__other__"` series, while routing still sees the real path (and answers 404).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+OTHER = "/__other__"
+_installed: set[str] | None = None
+
+
+def install(known: Iterable[str], known_patterns: Iterable[str] = ()) -> None:
+    """Replace BentoML's traffic-metrics middleware class with the bounded one (idempotent)."""
+    global _installed
+    from bentoml._internal.server.http import instruments
+
+    patterns = [re.compile(p) for p in known_patterns]
+    paths = set(known)
+    base = getattr(
+        instruments.RunnerTrafficMetricsMiddleware,
+        "__nnship_base__",
+        instruments.RunnerTrafficMetricsMiddleware,
+    )
+
+    class _RestorePath:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if "nnship.path" in scope:
+                scope = {**scope, "path": scope["nnship.path"]}
+            await self.app(scope, receive, send)
+
+    class BoundedPathMetrics(base):  # type: ignore[misc, valid-type]
+        __nnship_base__ = base
+
+        def __init__(self, app, **kwargs):
+            super().__init__(_RestorePath(app), **kwargs)
+
+        async def __call__(self, scope, receive, send):
+            path = scope.get("path", "")
+            if (
+                scope["type"].startswith("http")
+                and path not in paths
+                and not any(p.match(path) for p in patterns)
+            ):
+                scope = {**scope, "path": OTHER, "nnship.path": path}
+            await super().__call__(scope, receive, send)
+
+    instruments.RunnerTrafficMetricsMiddleware = BoundedPathMetrics
+    _installed = paths

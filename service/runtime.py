@@ -1,0 +1,144 @@
+"""The inference runtime: a verified package, an ONNX Runtime session on the best provider that
+really runs, explicit threads, IO binding on CUDA, and a warm-up over the batch-size buckets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from export.package import Package, load_package
+from export.runtime import CPU, session_options
+from nnship.errors import NnshipError
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+
+def nvidia_device_present() -> bool:
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def wanted_providers(settings: Settings, available: list[str]) -> list[str]:
+    """TensorRT (opt-in) -> CUDA -> CPU, keeping only what this onnxruntime build offers and only
+    trying GPU providers where an NVIDIA device exists."""
+    gpu = nvidia_device_present() or settings.require_gpu
+    order = ([TENSORRT] if settings.tensorrt and gpu else []) + ([CUDA] if gpu else []) + [CPU]
+    return [p for p in order if p in available or p == CPU]
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, ... up to and including max_batch: the sizes adaptive batching will form."""
+    sizes, n = [], 1
+    while n < max_batch:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, max_batch]
+
+
+@dataclass
+class Runtime:
+    package: Package
+    variant: str
+    provider: str
+    session: ort.InferenceSession
+    threads: int
+    sha256: str
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.package.manifest
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in (CUDA, TENSORRT)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """(N, *input_shape) float32 -> (N, outputs) float32."""
+        if not self.on_gpu:
+            return self.session.run(None, {"input": x})[0]
+        binding = (
+            self.session.io_binding()
+        )  # inputs copied to the device once, outputs read back once
+        binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output("output", "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def warm_up(self, max_batch: int) -> list[int]:
+        shape = self.manifest["input"]["shape"]
+        sizes = bucket_sizes(max_batch)
+        for n in sizes:
+            self.run(np.zeros((n, *shape), dtype=np.float32))
+        return sizes
+
+
+def _session(path, settings: Settings, providers: list[str]) -> ort.InferenceSession:
+    opts = session_options(settings.intra_op_threads)
+    provider_options = [{"device_id": 0} if p in (CUDA, TENSORRT) else {} for p in providers]
+    try:
+        return ort.InferenceSession(
+            str(path), opts, providers=providers, provider_options=provider_options
+        )
+    except (
+        Exception
+    ) as e:  # a corrupt file that still matched its sha256 cannot happen; a bad build can
+        raise NnshipError(f"{path.name}: ONNX Runtime cannot load it: {e}") from e
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """Verify the package, pick the variant and provider, and prove which provider really runs."""
+    available = ort.get_available_providers()
+    wanted = wanted_providers(settings, available)
+    package = load_package(settings.model, variants=None)
+    manifest = package.manifest
+    gpu_capable = wanted[0] != CPU
+    if settings.variant != "auto":
+        variant = settings.variant
+    else:
+        variant = (
+            manifest.get("gpu_variant", "fp32") if gpu_capable else manifest["default_variant"]
+        )
+    path = package.variant_path(variant)
+    session = _session(path, settings, wanted)
+    active = session.get_providers()[0]
+    if gpu_capable and active == CPU:
+        # onnxruntime falls back to the CPU silently when CUDA libraries are missing: say so loudly
+        log.warning(
+            "%s is installed but not active (CUDA/cuDNN libraries missing?); running on CPU",
+            wanted[0],
+        )
+        if settings.variant == "auto" and variant != manifest["default_variant"]:
+            variant = manifest["default_variant"]
+            path = package.variant_path(variant)
+            session = _session(path, settings, [CPU])
+    if settings.require_gpu and active not in (CUDA, TENSORRT):
+        why = (
+            "no NVIDIA device is visible"
+            if not nvidia_device_present()
+            else "the CUDA provider failed to start (are the CUDA 13 and cuDNN 9 libraries installed?)"
+        )
+        raise NnshipError(f"--require-gpu: the model runs on {active}, not CUDA: {why}")
+    rt = Runtime(
+        package,
+        variant,
+        session.get_providers()[0],
+        session,
+        settings.intra_op_threads,
+        manifest["variants"][variant]["sha256"],
+    )
+    log.info(
+        "serving %s variant %s on %s with %d intra-op threads",
+        package.tag,
+        variant,
+        rt.provider,
+        rt.threads,
+    )
+    return rt

@@ -1,0 +1,227 @@
+"""The BentoML service: `bentoml serve service.service:NnshipService` (or `nnship serve MODEL`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from nnship.errors import NnshipError
+from service import metrics, pathlabels
+from service.oip import STATE, oip_app
+from service.runtime import Runtime, load_runtime
+from service.security import Guard
+from service.settings import Settings
+from service.validation import RequestError, Validator
+
+log = logging.getLogger("nnship.service")
+SETTINGS = Settings.from_env()
+
+
+def _model_name(ref: str) -> str:
+    """The served model's name, for the closed set of metric path labels."""
+    if Path(ref).is_dir():
+        try:
+            return json.loads((Path(ref) / "manifest.json").read_text())["model"]
+        except (OSError, ValueError, KeyError):
+            return Path(ref).name
+    return ref.split(":")[0]
+
+
+class Overloaded(Exception):
+    """The adaptive batcher shed a request that would have missed max_latency_ms."""
+
+
+def _shed() -> Any:
+    raise Overloaded
+
+
+if SETTINGS.bound_metric_paths:
+    pathlabels.install(
+        known={
+            "/",
+            "/predict",
+            "/livez",
+            "/readyz",
+            "/healthz",
+            "/metrics",
+            "/docs.json",
+            "/v2",
+            "/v2/health/live",
+            "/v2/health/ready",
+        },
+        known_patterns=[
+            rf"^/v2/models/{re.escape(_model_name(SETTINGS.model))}(/versions/[^/]+)?(/ready|/infer)?$",
+            r"^/static_content/",
+        ],
+    )
+
+
+@bentoml.service(
+    name="nnship",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(oip_app, path="/v2", name="open-inference-v2")
+class NnshipService:
+    """Serves one nnship model package with ONNX Runtime behind BentoML's adaptive batcher."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        try:
+            self.runtime: Runtime = load_runtime(SETTINGS)
+        except NnshipError as e:
+            log.error("nnship: error: %s", e)
+            raise SystemExit(2) from None
+        m = self.runtime.manifest
+        self.model, self.version = m["model"], m["version"] or "local"
+        self.labels = m["output"]["labels"]
+        self.classification = m["task"] == "classification"
+        self.validator = Validator(
+            m, SETTINGS.max_rows, SETTINGS.max_seq_len, SETTINGS.strict_range, SETTINGS.range_margin
+        )
+        self._batched = CorkDispatcher(
+            max_latency_in_ms=SETTINGS.max_latency_ms,
+            max_batch_size=SETTINGS.max_batch_size,
+            fallback=_shed,
+            get_batch_size=len,
+            batch_dim=(0, 0),
+        )(self._infer_many)
+        metrics.init_reasons()
+        metrics.MODEL_INFO.labels(
+            model=self.model,
+            version=self.version,
+            variant=self.runtime.variant,
+            provider=self.runtime.provider,
+            onnx_sha256=self.runtime.sha256,
+        ).set(1)
+        for label in self.labels or ["value"]:
+            metrics.PREDICTIONS.labels(model=self.model, label=label)
+        self._infer_seconds = metrics.INFERENCE_SECONDS.labels(
+            model=self.model, variant=self.runtime.variant, provider=self.runtime.provider
+        )
+        self._batch_rows = metrics.BATCH_SIZE.labels(model=self.model, variant=self.runtime.variant)
+        sizes = self.runtime.warm_up(SETTINGS.max_batch_size)
+        log.info("warmed up on batch sizes %s", sizes)
+        STATE.service = self
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        out = self.runtime.run(x)
+        self._infer_seconds.observe(time.perf_counter() - t)
+        self._batch_rows.observe(len(x))
+        return out
+
+    async def _infer_many(self, batches: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """One ONNX Runtime call per input shape for all the queued requests, split back per request."""
+        results: list[np.ndarray | None] = [None] * len(batches)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, b in enumerate(batches):
+            by_shape.setdefault(b.shape[1:], []).append(i)
+        for idx in by_shape.values():
+            x = np.concatenate([batches[i] for i in idx]) if len(idx) > 1 else batches[idx[0]]
+            out = await anyio.to_thread.run_sync(self._run, x)
+            start = 0
+            for i in idx:
+                n = len(batches[i])
+                results[i] = out[start : start + n]
+                start += n
+        return results  # type: ignore[return-value]
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        """Through the adaptive batcher; raises Overloaded when the request would be too late."""
+        return await self._batched(x)
+
+    # -- answers --------------------------------------------------------------------------------------
+    def answer(
+        self, x: np.ndarray, out: np.ndarray, flagged: list[int], counts: np.ndarray
+    ) -> dict[str, Any]:
+        for f in np.flatnonzero(counts):
+            metrics.OUT_OF_RANGE.labels(
+                model=self.model, feature=self.validator.feature_names[f]
+            ).inc(int(counts[f]))
+        body: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "variant": self.runtime.variant,
+        }
+        if self.classification:
+            z = out - out.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            idx = p.argmax(axis=1)
+            names = [self.labels[i] for i in idx]
+            for i, c in zip(*np.unique(idx, return_counts=True), strict=True):
+                metrics.PREDICTIONS.labels(model=self.model, label=self.labels[i]).inc(int(c))
+            body.update(predictions=names, probabilities=p.astype(np.float64).round(6).tolist())
+        else:
+            metrics.PREDICTIONS.labels(model=self.model, label="value").inc(len(out))
+            body["predictions"] = out[:, 0].astype(float).tolist()
+        if flagged:
+            body["out_of_range"] = flagged
+        return body
+
+    @staticmethod
+    def reject(e: RequestError, request_id: str = "") -> JSONResponse:
+        return JSONResponse(
+            {**e.body(), "request_id": request_id},
+            status_code=e.status,
+            headers={"x-nnship-reject": e.reason},
+        )
+
+    @staticmethod
+    def failure(request_id: str) -> JSONResponse:
+        log.exception("inference failed (request id %s)", request_id)
+        return JSONResponse({"error": "internal error", "request_id": request_id}, status_code=500)
+
+    @staticmethod
+    def overloaded(request_id: str) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": "overloaded: the request would miss the batching deadline; retry",
+                "request_id": request_id,
+            },
+            status_code=503,
+            headers={"retry-after": "1"},
+        )
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        inputs: Annotated[list, Field(description="rows shaped [N, *input_shape], numbers only")],
+        ctx: bentoml.Context,
+    ) -> dict[str, Any]:
+        """Predict labels and probabilities (classification) or values (regression) for N rows."""
+        rid = ctx.request.headers.get("x-request-id", "")
+        try:
+            x = self.validator.predict_inputs(inputs)
+            flagged, counts = self.validator.out_of_range(x)
+        except RequestError as e:
+            return self.reject(e, rid)  # type: ignore[return-value]
+        try:
+            out = await self.infer(x)
+        except Overloaded:
+            return self.overloaded(rid)  # type: ignore[return-value]
+        except (asyncio.CancelledError, Exception):
+            return self.failure(rid)  # type: ignore[return-value]
+        return self.answer(x, out, flagged, counts)
+
+
+NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)

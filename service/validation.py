@@ -1,0 +1,306 @@
+"""Strict request validation: every rejection names the field and the rule; nothing is reshaped or cast
+in a way that changes a value (pydantic strict mode, not BentoML's converting numpy annotations)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import Field, TypeAdapter, ValidationError
+
+from models import RECURRENT
+
+F32_MAX = float(np.finfo(np.float32).max)
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+# closed set of rejection reasons (metric label values)
+REASONS = (
+    "malformed",
+    "shape",
+    "type",
+    "non_finite",
+    "overflow",
+    "empty",
+    "too_many_rows",
+    "sequence_length",
+    "out_of_range",
+    "body_too_large",
+    "content_type",
+    "unauthorized",
+    "rate_limited",
+    "unknown_model",
+    "unsupported",
+)
+
+
+class RequestError(Exception):
+    """A rejected request: HTTP status, closed-set reason, the field path and the rule broken."""
+
+    def __init__(self, status: int, reason: str, loc: list[Any], rule: str, message: str):
+        super().__init__(message)
+        assert reason in REASONS, reason
+        self.status, self.reason, self.loc, self.rule, self.message = (
+            status,
+            reason,
+            loc,
+            rule,
+            message,
+        )
+
+    def body(self) -> dict[str, Any]:
+        field = "".join(
+            f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p)
+            for i, p in enumerate(self.loc)
+        )
+        return {
+            "error": f"{field}: {self.message}" if field else self.message,
+            "detail": [{"loc": self.loc, "type": self.rule, "msg": self.message}],
+        }
+
+
+class Validator:
+    """Built once from the package manifest: the exact nested type a request must have."""
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        max_rows: int,
+        max_seq_len: int = 0,
+        strict_range: bool = False,
+        range_margin: float = 0.1,
+    ):
+        spec = manifest["input"]
+        self.shape = tuple(spec["shape"])
+        self.sequence = manifest["family"] in RECURRENT
+        self.max_rows = max_rows
+        self.max_seq = max_seq_len or 4 * self.shape[0] if self.sequence else 0
+        self.strict_range = strict_range
+        self.feature_names = spec["feature_names"]
+        stats = spec["stats"]
+        lo = np.array([s["min"] for s in stats])
+        hi = np.array([s["max"] for s in stats])
+        pad = range_margin * np.maximum(hi - lo, 1e-12)
+        self.low, self.high = lo - pad, hi + pad
+        inner: Any = Number
+        for axis, dim in reversed(list(enumerate(self.shape))):
+            if self.sequence and axis == 0:
+                inner = Annotated[list[inner], Field(min_length=1, max_length=self.max_seq)]
+            else:
+                inner = Annotated[list[inner], Field(min_length=dim, max_length=dim)]
+        self.rows = TypeAdapter(Annotated[list[inner], Field(min_length=1, max_length=max_rows)])
+        self.flat = TypeAdapter(list[Number])
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _from_pydantic(self, e: ValidationError, field: str) -> RequestError:
+        err = e.errors(include_url=False)[0]
+        kind, loc = err["type"], list(err["loc"])
+        depth = len(loc)  # 0: the row list, 1: a row, ...
+        if kind in ("float_type", "float_parsing"):
+            reason, rule = "type", "number_required"
+            msg = f"expected a number, got {type(err.get('input')).__name__}"
+            if isinstance(err.get("input"), bool):
+                msg = "booleans are not numbers here"
+        elif kind == "finite_number":
+            reason, rule, msg = (
+                "non_finite",
+                "finite_required",
+                "NaN and ±Infinity are not accepted",
+            )
+        elif kind in ("too_short", "too_long") and depth == 0:
+            if kind == "too_short":
+                reason, rule, msg = "empty", "non_empty_batch", "the batch has no rows"
+            else:
+                reason, rule = "too_many_rows", "max_rows"
+                msg = f"{err['ctx']['actual_length']} rows exceed the limit of {self.max_rows}"
+        elif kind in ("too_short", "too_long") and self.sequence and depth == 1:
+            reason, rule = "sequence_length", "sequence_length"
+            msg = f"sequence length {err['ctx']['actual_length']} is outside [1, {self.max_seq}]"
+        elif kind in ("too_short", "too_long"):
+            reason, rule = "shape", "shape"
+            msg = f"axis {depth} has length {err['ctx']['actual_length']}, expected {self.shape[depth - 1]}"
+        elif kind == "list_type":
+            reason, rule = "shape", "rank"
+            msg = f"expected a list at depth {depth} (inputs are [N, {', '.join(map(str, self.shape))}])"
+        else:
+            reason, rule, msg = "malformed", kind, err["msg"]
+        return RequestError(400, reason, [field, *loc], rule, msg)
+
+    def _finish(self, x: np.ndarray, field: str) -> np.ndarray:
+        big = np.abs(x) > F32_MAX
+        if big.any():
+            where = [int(i) for i in np.argwhere(big)[0]]
+            raise RequestError(
+                400,
+                "overflow",
+                [field, *where],
+                "float32_range",
+                f"{x[tuple(where)]:.4g} overflows float32",
+            )
+        return x.astype(np.float32)
+
+    # -- the two request formats -----------------------------------------------------------------------
+    def predict_inputs(self, value: Any) -> np.ndarray:
+        """`{"inputs": [[...], ...]}` shaped [N, *input_shape] -> float32 array."""
+        try:
+            rows = self.rows.validate_python(value)
+        except ValidationError as e:
+            raise self._from_pydantic(e, "inputs") from None
+        return self._finish(np.asarray(rows, dtype=np.float64), "inputs")
+
+    def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
+        """An Open Inference Protocol v2 request -> (float32 array, requested output names)."""
+        if not isinstance(body, dict):
+            raise RequestError(
+                400, "malformed", [], "object_required", "the request body must be a JSON object"
+            )
+        tensors = body.get("inputs")
+        if not isinstance(tensors, list) or len(tensors) != 1 or not isinstance(tensors[0], dict):
+            raise RequestError(
+                400,
+                "malformed",
+                ["inputs"],
+                "one_input",
+                "expected exactly one input tensor object",
+            )
+        t = tensors[0]
+        if t.get("name") != "input":
+            raise RequestError(
+                400,
+                "malformed",
+                ["inputs", 0, "name"],
+                "input_name",
+                f"unknown input {t.get('name')!r}; this model takes 'input'",
+            )
+        if t.get("datatype") != "FP32":
+            raise RequestError(
+                400,
+                "type",
+                ["inputs", 0, "datatype"],
+                "datatype",
+                f"datatype {t.get('datatype')!r} is not accepted; send FP32",
+            )
+        if (t.get("parameters") or {}).get("binary_data_size") is not None:
+            raise RequestError(
+                400,
+                "unsupported",
+                ["inputs", 0, "parameters"],
+                "json_data_only",
+                "binary tensor data is not supported; send JSON data (binary_data=False)",
+            )
+        shape = t.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise RequestError(
+                400,
+                "malformed",
+                ["inputs", 0, "shape"],
+                "int_list",
+                "shape must be a list of integers",
+            )
+        self._check_shape(tuple(shape))
+        flat = _flatten(t.get("data"))
+        try:
+            values = self.flat.validate_python(flat)
+        except ValidationError as e:
+            err = self._from_pydantic(e, "data")
+            err.loc = ["inputs", 0, "data", *err.loc[1:]]
+            raise err from None
+        if len(values) != math.prod(shape):
+            raise RequestError(
+                400,
+                "shape",
+                ["inputs", 0, "data"],
+                "size_matches_shape",
+                f"{len(values)} values do not fill shape {shape}",
+            )
+        x = self._finish(np.asarray(values, dtype=np.float64), "data").reshape(shape)
+        outputs = body.get("outputs")
+        names = None
+        if outputs is not None:
+            if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+                raise RequestError(
+                    400,
+                    "malformed",
+                    ["outputs"],
+                    "object_list",
+                    "outputs must be a list of objects",
+                )
+            names = [o.get("name") for o in outputs]
+        return x, names
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        loc = ["inputs", 0, "shape"]
+        if len(shape) != len(self.shape) + 1:
+            raise RequestError(
+                400,
+                "shape",
+                loc,
+                "rank",
+                f"rank {len(shape)} != {len(self.shape) + 1} (expected [N, {', '.join(map(str, self.shape))}])",
+            )
+        n, rest = shape[0], shape[1:]
+        if n < 1:
+            raise RequestError(400, "empty", loc, "non_empty_batch", "the batch has no rows")
+        if n > self.max_rows:
+            raise RequestError(
+                400,
+                "too_many_rows",
+                loc,
+                "max_rows",
+                f"{n} rows exceed the limit of {self.max_rows}",
+            )
+        for axis, (got, want) in enumerate(zip(rest, self.shape, strict=True), start=1):
+            if self.sequence and axis == 1:
+                if not 1 <= got <= self.max_seq:
+                    raise RequestError(
+                        400,
+                        "sequence_length",
+                        loc,
+                        "sequence_length",
+                        f"sequence length {got} is outside [1, {self.max_seq}]",
+                    )
+            elif got != want:
+                raise RequestError(
+                    400, "shape", loc, "shape", f"axis {axis} has length {got}, expected {want}"
+                )
+
+    # -- training range ------------------------------------------------------------------------------
+    def out_of_range(self, x: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """(rows with any value outside the training range ± margin, per-feature counts)."""
+        z = x.reshape(len(x), -1, x.shape[-1]) if self.sequence else x.reshape(len(x), 1, -1)
+        bad = (z < self.low) | (z > self.high)  # (N, T or 1, features)
+        rows = np.flatnonzero(bad.any(axis=(1, 2)))
+        counts = bad.sum(axis=(0, 1))
+        if self.strict_range and len(rows):
+            r = int(rows[0])
+            f = int(np.flatnonzero(bad[r].any(axis=0))[0])
+            raise RequestError(
+                422,
+                "out_of_range",
+                ["inputs", r],
+                "training_range",
+                f"feature {self.feature_names[f]} is outside the training range "
+                f"[{self.low[f]:.4g}, {self.high[f]:.4g}] (strict mode)",
+            )
+        return [int(r) for r in rows], counts
+
+
+def _flatten(data: Any) -> list[Any]:
+    """Row-major flattening of nested lists; leaves are checked by the strict number type afterwards."""
+    if not isinstance(data, list):
+        raise RequestError(
+            400, "malformed", ["inputs", 0, "data"], "list_required", "data must be a list"
+        )
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
