@@ -142,12 +142,12 @@ class Guard:
                 return
         if infer:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype != "application/json":
+            if ctype not in ("application/json", ""):  # no header: JSON, as BentoML and Triton take it
                 await self._reply(
                     send,
                     415,
                     "content_type",
-                    f"content type {ctype or 'none'!r} is not accepted; send application/json",
+                    f"content type {ctype!r} is not accepted; send application/json",
                     rid,
                 )
                 return

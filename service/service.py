@@ -25,7 +25,8 @@ from service.security import Guard
 from service.settings import Settings
 from service.validation import RequestError, Validator
 
-log = logging.getLogger("nnship.service")
+log = logging.getLogger(__name__)
+logging.getLogger("service").setLevel(logging.INFO)  # BentoML's server logging keeps other loggers at WARNING
 SETTINGS = Settings.from_env()
 
 
@@ -109,6 +110,8 @@ class NnshipService:
         ).set(1)
         for label in self.labels or ["value"]:
             metrics.PREDICTIONS.labels(model=self.model, label=label)
+        for feature in self.validator.feature_names:
+            metrics.OUT_OF_RANGE.labels(model=self.model, feature=feature)
         self._infer_seconds = metrics.INFERENCE_SECONDS.labels(
             model=self.model, variant=self.runtime.variant, provider=self.runtime.provider
         )
@@ -214,14 +217,23 @@ class NnshipService:
             x = self.validator.predict_inputs(inputs)
             flagged, counts = self.validator.out_of_range(x)
         except RequestError as e:
-            return self.reject(e, rid)  # type: ignore[return-value]
+            return _via_context(ctx, self.reject(e, rid))
         try:
             out = await self.infer(x)
         except Overloaded:
-            return self.overloaded(rid)  # type: ignore[return-value]
+            return _via_context(ctx, self.overloaded(rid))
         except (asyncio.CancelledError, Exception):
-            return self.failure(rid)  # type: ignore[return-value]
+            return _via_context(ctx, self.failure(rid))
         return self.answer(x, out, flagged, counts)
+
+
+def _via_context(ctx: bentoml.Context, response: JSONResponse) -> Any:
+    """BentoML copies the context's status and headers onto an API's response: set them there."""
+    ctx.response.status_code = response.status_code
+    for k, v in response.headers.items():
+        if k.lower() not in ("content-length", "content-type"):
+            ctx.response.metadata[k] = v
+    return response
 
 
 NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)

@@ -8,6 +8,8 @@ import tempfile
 # every test process gets its own BentoML home (model store), set before bentoml is imported
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="nnship-bentoml-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# prometheus_client picks its multiprocess mode at import: the in-process service tests need it
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nnship-prom-")
 
 import numpy as np
 import pytest
@@ -39,3 +41,12 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "iris"
     train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def iris_package(tiny_run):
+    """The tiny iris run exported into the test model store as iris-served (fp32 and int8-dynamic)."""
+    from export.package import ExportOptions, export_run
+
+    return export_run(ExportOptions(str(tiny_run), name="iris-served", variants=("fp32", "int8-dynamic"),
+                                    bench_seconds=0.02, max_batch=64, threads=1))

@@ -1,0 +1,230 @@
+"""The service as users meet it: a real `bentoml serve` subprocess on loopback."""
+
+import json
+import random
+import string
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from export.package import load_package
+from export.runtime import cpu_session
+from tests.server import running_server
+from training.data import load_dataset, split
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+@pytest.fixture(scope="module")
+def server(iris_package):
+    env = {"NNSHIP_MODEL": f"iris-served:{iris_package['version']}", "NNSHIP_MAX_ROWS": "64",
+           "NNSHIP_MAX_BODY_BYTES": "20000", "NNSHIP_THREADS": "1"}
+    with running_server(env) as (url, log):
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def guarded(iris_package):
+    env = {"NNSHIP_MODEL": "iris-served:latest", "NNSHIP_API_KEY": "s3cret-key", "NNSHIP_RATE_LIMIT": "2",
+           "NNSHIP_RATE_BURST": "4", "NNSHIP_STRICT_RANGE": "true", "NNSHIP_BOUND_METRIC_PATHS": "false",
+           "NNSHIP_THREADS": "1"}
+    with running_server(env) as (url, _):
+        yield url
+
+
+def post(url, body, **kw):
+    return httpx.post(f"{url}/predict", json=body, timeout=30, **kw)
+
+
+def metrics(url):
+    return {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+
+
+def counter(fams, name, **labels):
+    return sum(s.value for s in fams[name].samples
+               if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_predict_matches_onnx_runtime(server, iris_package):
+    url, _ = server
+    x = split(load_dataset("iris")).x_test[:5]
+    r = post(url, {"inputs": x.tolist()})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"model", "version", "variant", "predictions", "probabilities"}
+    assert body["model"] == "iris-served" and body["version"] == iris_package["version"]
+    pkg = load_package(f"iris-served:{iris_package['version']}")
+    logits = cpu_session(pkg.variant_path(body["variant"])).run(None, {"input": x})[0]
+    labels = iris_package["output"]["labels"]
+    assert body["predictions"] == [labels[i] for i in logits.argmax(1)]
+    p = np.asarray(body["probabilities"])
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(p.argmax(1), logits.argmax(1))
+
+
+def test_ready_only_after_warm_up(server):
+    _, log = server
+    text = "\n".join(log)
+    assert "warmed up on batch sizes [1, 2, 4, 8, 16, 32, 64, 128]" in text
+
+
+BIG = "[" + ",".join(["[1,2,3,4]"] * 65) + "]"
+CASES = [
+    # (raw body, status, rule, loc prefix)
+    ('{"inputs": [[1, 2, 3]]}', 400, "shape", ["inputs", 0]),
+    ('{"inputs": [1, 2, 3, 4]}', 400, "rank", ["inputs", 0]),
+    ('{"inputs": [[[1, 2, 3, 4]]]}', 400, "number_required", ["inputs", 0, 0]),
+    ('{"inputs": [[1, 2, "3", 4]]}', 400, "number_required", ["inputs", 0, 2]),
+    ('{"inputs": [[1, 2, true, 4]]}', 400, "number_required", ["inputs", 0, 2]),
+    ('{"inputs": [[1, 2, null, 4]]}', 400, "number_required", ["inputs", 0, 2]),
+    ('{"inputs": [[1, 2, NaN, 4]]}', 400, "finite_required", ["inputs", 0, 2]),
+    ('{"inputs": [[1, 2, Infinity, 4]]}', 400, "finite_required", ["inputs", 0, 2]),
+    ('{"inputs": [[1, 2, -Infinity, 4]]}', 400, "finite_required", ["inputs", 0, 2]),
+    ('{"inputs": [[1, 2, 1e39, 4]]}', 400, "float32_range", ["inputs", 0, 2]),
+    ('{"inputs": []}', 400, "non_empty_batch", ["inputs"]),
+    ('{"inputs": ' + BIG + "}", 400, "max_rows", ["inputs"]),
+    ('{"inputs": "1,2,3,4"}', 400, None, None),
+    ('{"rows": [[1, 2, 3, 4]]}', 400, None, None),
+    ('{"inputs": [[1, 2', 400, None, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "status", "rule", "loc"), CASES, ids=[c[0][:28] for c in CASES])
+def test_validation_rules(server, raw, status, rule, loc):
+    url, _ = server
+    r = httpx.post(f"{url}/predict", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert "Traceback" not in r.text and body["error"]
+    if rule:
+        d = body["detail"][0]
+        assert d["type"] == rule and d["loc"][: len(loc)] == loc, body
+        assert r.headers["x-request-id"]
+
+
+def test_body_limit_and_content_type(server):
+    url, _ = server
+    r = httpx.post(f"{url}/predict", content=b'{"inputs": [' + b"[1,2,3,4]," * 3000 + b"[1,2,3,4]]}",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["type"] == "body_too_large"
+
+    def chunks():  # no content-length: the limit holds while reading
+        yield b'{"inputs": ['
+        for _ in range(5000):
+            yield b"[1,2,3,4],"
+        yield b"[1,2,3,4]]}"
+
+    r = httpx.post(f"{url}/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = httpx.post(f"{url}/predict", content=json.dumps({"inputs": [ROW]}), headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["detail"][0]["type"] == "content_type"
+    assert post(url, {"inputs": [ROW]}).status_code == 200  # still serving
+
+
+def test_open_inference_protocol_with_tritonclient(server, iris_package):
+    import tritonclient.http as triton
+
+    url, _ = server
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris-served")
+    meta = client.get_model_metadata("iris-served")
+    assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 4]}
+    assert {o["name"] for o in meta["outputs"]} == {"output", "probabilities"}
+    x = split(load_dataset("iris")).x_test[:3]
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    outs = [triton.InferRequestedOutput("probabilities", binary_data=False)]
+    result = client.infer("iris-served", [inp], outputs=outs)
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (3, 3)
+    ref = np.asarray(post(url, {"inputs": x.tolist()}).json()["probabilities"])
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "rule"),
+    [
+        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64",
+                                                      "data": ROW}]}, 400, "datatype"),
+        ("/v2/models/iris-served/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                                      "data": ROW}]}, 400, "input_name"),
+        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
+                                                      "data": ROW}]}, 400, "size_matches_shape"),
+        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32",
+                                                      "data": [*ROW, 1]}]}, 400, "shape"),
+        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                                      "data": [1, 2, False, 4]}]}, 400, "number_required"),
+        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                                      "data": ROW, "parameters": {"binary_data_size": 16}}]},
+         400, "json_data_only"),
+        ("/v2/models/other/infer", {"inputs": []}, 404, None),
+    ],
+)
+def test_v2_rejections(server, path, body, status, rule):
+    url, _ = server
+    r = httpx.post(url + path, json=body)
+    assert r.status_code == status, r.text
+    if rule:
+        assert r.json()["detail"][0]["type"] == rule
+
+
+def test_metrics_families_move_and_stay_bounded(server):
+    url, _ = server
+    before = metrics(url)
+    for name in ("nnship_inference_seconds", "nnship_batch_size", "nnship_requests_rejected", "nnship_predictions",
+                 "nnship_out_of_range_inputs", "nnship_model_info"):
+        assert name in before, name
+    info = [s for s in before["nnship_model_info"].samples if s.value == 1][0].labels
+    assert info["model"] == "iris-served" and info["provider"] == "CPUExecutionProvider"
+    assert len(info["onnx_sha256"]) == 64
+    assert post(url, {"inputs": [ROW, ROW]}).status_code == 200
+    httpx.post(f"{url}/predict", content='{"inputs": [[1, 2, NaN, 4]]}', headers={"content-type": "application/json"})
+    assert post(url, {"inputs": [[500.0, 3.5, 1.4, 0.2]]}).json()["out_of_range"] == [0]
+    after = metrics(url)
+    assert counter(after, "nnship_predictions") - counter(before, "nnship_predictions") == 3
+    assert counter(after, "nnship_requests_rejected", reason="non_finite") - \
+        counter(before, "nnship_requests_rejected", reason="non_finite") == 1
+    assert counter(after, "nnship_out_of_range_inputs", feature="sepal length (cm)") >= 1
+    series = sum(len(f.samples) for f in after.values())
+    rng = random.Random(0)
+    with httpx.Client() as c:
+        for _ in range(1000):
+            c.get(f"{url}/{''.join(rng.choices(string.ascii_lowercase, k=12))}")
+    grown = sum(len(f.samples) for f in metrics(url).values())
+    assert grown - series < 30, (series, grown)  # 1,000 unknown paths: a handful of /__other__ series
+
+
+def test_unbounded_paths_are_the_problem(guarded):
+    """With the path bound switched off, every unknown path becomes new series (what the bound prevents)."""
+    series = sum(len(f.samples) for f in metrics(guarded).values())
+    with httpx.Client() as c:
+        for i in range(200):
+            c.get(f"{guarded}/scan-{i}")
+    grown = sum(len(f.samples) for f in metrics(guarded).values())
+    assert grown - series >= 200
+
+
+def test_api_key_rate_limit_and_strict_range(guarded):
+    url = guarded
+    assert post(url, {"inputs": [ROW]}).status_code == 401
+    assert post(url, {"inputs": [ROW]}, headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{url}/readyz").status_code == 200 and httpx.get(f"{url}/metrics").status_code == 200
+    ok = {"authorization": "Bearer s3cret-key"}
+    r = post(url, {"inputs": [[500.0, 3.5, 1.4, 0.2]]}, headers=ok)
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "training_range"
+    assert "sepal length" in r.json()["error"]
+    codes = [post(url, {"inputs": [ROW]}, headers={"x-api-key": "s3cret-key"}).status_code for _ in range(8)]
+    assert codes.count(200) >= 2 and 429 in codes
+    limited = post(url, {"inputs": [ROW]}, headers=ok)
+    if limited.status_code == 429:
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["detail"][0]["type"] == "rate_limited"
+
+
+def test_openapi_document(server):
+    url, _ = server
+    doc = httpx.get(f"{url}/docs.json").json()
+    assert "/predict" in doc["paths"]

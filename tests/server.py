@@ -1,0 +1,54 @@
+"""Start a real `bentoml serve` of the nnship service on a free loopback port, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[str, list[str]]]:
+    """Yields (base URL, the server's output lines so far — refreshed on each read)."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="nnship-serve-", suffix=".log", delete=False)
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server sets its own
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService", "--host", "127.0.0.1",
+         "--port", str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{open(log.name).read()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    lines[:] = open(log.name).read().splitlines()
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"server not ready in {timeout} s:\n{open(log.name).read()[-3000:]}")
+        yield url, lines
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.unlink(log.name)
