@@ -6,6 +6,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 RUN ?= runs/digits-cnn
+MODEL ?= digits-cnn
+PORT ?= 3000
 
 .PHONY: setup demo test lint format quality clean
 
@@ -18,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-demo: setup  ## train the default model (cnn on digits) and show its metrics
+demo: setup  ## train the default model (cnn on digits), export and optimize it, serve it on localhost
 	$(BIN)/nnship train --model cnn --dataset digits --out $(RUN) --overwrite
-	@$(BIN)/python -c "import json; print(json.dumps(json.load(open('$(RUN)/metrics.json')), indent=2))"
+	$(BIN)/nnship export $(RUN) --name $(MODEL)
+	$(BIN)/nnship serve $(MODEL):latest --port $(PORT)
 
 test: setup  ## the whole test suite
 	$(BIN)/python -m pytest tests

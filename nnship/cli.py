@@ -12,18 +12,22 @@ from nnship.errors import NnshipError
 
 SUBCOMMANDS = {
     "train": ("training.cli", "train a network on a built-in or user data set"),
-    "export": (
-        "export.cli",
-        "export a run to ONNX, verify, optimize and store it as a model package",
-    ),
+    "export": ("export.cli", "export a run to ONNX, verify, optimize and store it as a model package"),
+    "serve": ("service.cli", "serve a model package over HTTP with BentoML and ONNX Runtime"),
 }
 
 
+PACKAGES = ("nnship", "models", "training", "export", "service")
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """Our packages log at INFO (DEBUG with verbose); libraries only say warnings. Ranks > 0 stay quiet."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     level = logging.DEBUG if verbose else logging.INFO
     if int(os.environ.get("RANK", 0)) != 0:
         level = logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for name in PACKAGES:
+        logging.getLogger(name).setLevel(level)
 
 
 def run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

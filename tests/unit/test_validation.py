@@ -1,0 +1,81 @@
+"""The validator alone, on an image and a sequence manifest."""
+
+import numpy as np
+import pytest
+
+from service.security import TokenBuckets
+from service.settings import Settings
+from service.validation import RequestError, Validator
+
+
+def manifest(family, shape, feats):
+    stats = [{"name": f"f{i}", "min": 0.0, "max": 10.0} for i in range(feats)]
+    return {"family": family, "input": {"shape": shape, "feature_names": [s["name"] for s in stats], "stats": stats}}
+
+
+SEQ = Validator(manifest("gru", [8, 3], 3), max_rows=4)
+IMG = Validator(manifest("cnn", [1, 2, 2], 4), max_rows=4)
+
+
+def rule(fn, value):
+    with pytest.raises(RequestError) as e:
+        fn(value)
+    return e.value.status, e.value.reason, e.value.rule, e.value.loc
+
+
+def test_sequences_of_any_allowed_length():
+    for t in (1, 8, 32):
+        assert SEQ.predict_inputs([[[1.0, 2.0, 3.0]] * t]).shape == (1, t, 3)
+    assert rule(SEQ.predict_inputs, [[[1.0, 2.0, 3.0]] * 33]) == (400, "sequence_length", "sequence_length", ["inputs", 0])
+    assert rule(SEQ.predict_inputs, [[]])[1] == "sequence_length"
+    assert rule(SEQ.predict_inputs, [[[1.0, 2.0]]])[:3] == (400, "shape", "shape")
+
+
+def test_image_rules():
+    assert IMG.predict_inputs([[[[1, 2], [3, 4]]]]).dtype == np.float32
+    assert rule(IMG.predict_inputs, [[1]])[2] == "rank"
+    assert rule(IMG.predict_inputs, [[[1, 2], [3, 4]]])[2] == "shape"
+    assert rule(IMG.predict_inputs, [[[[1, 2], [3, 4]]]] * 5)[1] == "too_many_rows"
+    assert rule(IMG.predict_inputs, [[[[1, 2], [3, 1e300]]]])[:3] == (400, "overflow", "float32_range")
+
+
+def test_v2_shape_checks():
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 40, 3], "data": [0.0] * 120}]}
+    assert rule(SEQ.v2_inputs, body)[1] == "sequence_length"
+    body["inputs"][0].update(shape=[2, 5, 3], data=[[0.0] * 15, [1.0] * 15])
+    x, outputs = SEQ.v2_inputs(body)
+    assert x.shape == (2, 5, 3) and outputs is None and x[1].min() == 1.0
+
+
+def test_values_are_never_changed():
+    values = [[[0.1, 16777217.0, -3.25]] * 2]
+    x = SEQ.predict_inputs(values)
+    np.testing.assert_array_equal(x, np.asarray(values, dtype=np.float32))
+
+
+def test_out_of_range_flags_and_strict_mode():
+    rows, counts = SEQ.out_of_range(np.array([[[1, 2, 3]], [[1, 50, 3]]], np.float32))
+    assert rows == [1] and counts.tolist() == [0, 1, 0]
+    strict = Validator(manifest("gru", [8, 3], 3), max_rows=4, strict_range=True)
+    with pytest.raises(RequestError) as e:
+        strict.out_of_range(np.array([[[1, -50, 3]]], np.float32))
+    assert e.value.status == 422 and "f1" in e.value.message
+
+
+def test_token_bucket():
+    b = TokenBuckets(rate=2, burst=2)
+    assert b.take("a", now=0) == 0 and b.take("a", now=0) == 0
+    assert b.take("a", now=0) == pytest.approx(0.5)
+    assert b.take("b", now=0) == 0  # other clients unaffected
+    assert b.take("a", now=1.0) == 0
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"NNSHIP_WORKERS": "2", "NNSHIP_STRICT_RANGE": "true", "NNSHIP_RATE_LIMIT": "1.5"})
+    assert s.workers == 2 and s.strict_range and s.rate_limit == 1.5
+    from nnship.errors import NnshipError
+
+    with pytest.raises(NnshipError, match="NNSHIP_WORKERS='two' is not a valid int"):
+        Settings.from_env({"NNSHIP_WORKERS": "two"})
+    with pytest.raises(NnshipError, match="NNSHIP_STRICT_RANGE='maybe'"):
+        Settings.from_env({"NNSHIP_STRICT_RANGE": "maybe"})
