@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -22,19 +21,18 @@ from export.onnx_export import export_onnx
 from export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
 from export.report import write_report
 from export.runtime import CPU, cpu_session
+from export.store import FORMAT, MANIFEST
 from export.variants import VARIANTS, build_variant
 from models import RECURRENT
 from nnship.errors import NnshipError
 from nnship.io import atomic_write_json, sha256_file, staged_dir
-from training.checkpoint import load_checkpoint, verify_file
+from training.checkpoint import load_checkpoint
 from training.data import load_dataset, split
 from training.metrics import evaluate_arrays
 from training.progress import step_progress
 
 log = logging.getLogger(__name__)
 
-FORMAT = "nnship.package/1"
-MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 GPU_ONLY = {"fp16": ["CUDAExecutionProvider"]}
 CALIBRATION_ROWS = 512
@@ -285,52 +283,3 @@ def save_to_store(package_dir: Path, manifest: dict[str, Any]) -> str:
         ) from e
     log.info("saved %s:%s into the BentoML model store", manifest["model"], manifest["version"])
     return manifest["version"]
-
-
-@dataclass
-class Package:
-    """A model package on disk whose every file has been verified against the manifest."""
-
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def tag(self) -> str:
-        return f"{self.manifest['model']}:{self.manifest['version']}"
-
-    def variant_path(self, name: str) -> Path:
-        entry = self.manifest["variants"].get(name)
-        if not entry or not entry.get("shipped"):
-            shipped = [v for v, e in self.manifest["variants"].items() if e.get("shipped")]
-            raise NnshipError(
-                f"{self.tag}: no shipped variant {name!r}; shipped: {', '.join(shipped)}"
-            )
-        return self.path / entry["file"]
-
-
-def load_package(ref: str | Path, variants: list[str] | None = None) -> Package:
-    """A package by store tag (MODEL[:VERSION]) or directory; refuses a tampered or truncated file."""
-    path = Path(ref)
-    if not path.is_dir():
-        import bentoml
-        from bentoml.exceptions import NotFound
-
-        try:
-            path = Path(bentoml.models.get(str(ref)).path)
-        except NotFound as e:
-            raise NnshipError(f"model {ref} is not in the BentoML model store") from e
-        except ValueError as e:
-            raise NnshipError(f"invalid model tag {ref!r}: {e}") from e
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise NnshipError(f"{mpath}: missing; not an nnship model package")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NnshipError(f"{mpath}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise NnshipError(f"{mpath}: not an nnship package manifest")
-    for name, entry in manifest["variants"].items():
-        if entry.get("shipped") and (variants is None or name in variants):
-            verify_file(path / entry["file"], entry["sha256"])
-    return Package(path, manifest)

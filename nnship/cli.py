@@ -12,8 +12,12 @@ from nnship.errors import NnshipError
 
 SUBCOMMANDS = {
     "train": ("training.cli", "train a network on a built-in or user data set"),
-    "export": ("export.cli", "export a run to ONNX, verify, optimize and store it as a model package"),
+    "export": (
+        "export.cli",
+        "export a run to ONNX, verify, optimize and store it as a model package",
+    ),
     "serve": ("service.cli", "serve a model package over HTTP with BentoML and ONNX Runtime"),
+    "loadtest": ("loadtests.slo", "load-test a running service with Locust and gate on an SLO"),
 }
 
 

@@ -22,6 +22,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def verify_file(path: Path, expected: str) -> None:
+    """Refuse a missing file, or one whose sha256 differs from the recorded one, naming it."""
+    from nnship.errors import NnshipError
+
+    if not path.is_file():
+        raise NnshipError(f"{path}: missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise NnshipError(
+            f"{path}: sha256 mismatch (recorded {expected[:12]}…, file has {actual[:12]}…); "
+            "the file was modified or truncated"
+        )
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path over path; the temp file never outlives a failure."""
     path = Path(path)

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from export.package import load_package
+from export.store import load_package
 from nnship.errors import NnshipError
 from service.settings import Settings
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.batching import Overloaded
 from service.validation import RequestError
 
 
@@ -135,8 +136,6 @@ async def infer(request: Request) -> Response:
             )
     except RequestError as e:
         return svc.reject(e, rid)
-    from service.service import Overloaded
-
     try:
         out = await svc.infer(x)
     except Overloaded:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.package import Package, load_package
 from export.runtime import CPU, session_options
+from export.store import Package, load_package
 from nnship.errors import NnshipError
 from service.settings import Settings
 

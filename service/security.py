@@ -142,7 +142,10 @@ class Guard:
                 return
         if infer:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype not in ("application/json", ""):  # no header: JSON, as BentoML and Triton take it
+            if ctype not in (
+                "application/json",
+                "",
+            ):  # no header: JSON, as BentoML and Triton take it
                 await self._reply(
                     send,
                     415,

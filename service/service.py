@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -10,15 +11,14 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
 import bentoml
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from pydantic import Field
 from starlette.responses import JSONResponse
 
 from nnship.errors import NnshipError
 from service import metrics, pathlabels
+from service.batching import AdaptiveBatcher, Overloaded
 from service.oip import STATE, oip_app
 from service.runtime import Runtime, load_runtime
 from service.security import Guard
@@ -26,7 +26,9 @@ from service.settings import Settings
 from service.validation import RequestError, Validator
 
 log = logging.getLogger(__name__)
-logging.getLogger("service").setLevel(logging.INFO)  # BentoML's server logging keeps other loggers at WARNING
+logging.getLogger("service").setLevel(
+    logging.INFO
+)  # BentoML's server logging keeps other loggers at WARNING
 SETTINGS = Settings.from_env()
 
 
@@ -38,14 +40,6 @@ def _model_name(ref: str) -> str:
         except (OSError, ValueError, KeyError):
             return Path(ref).name
     return ref.split(":")[0]
-
-
-class Overloaded(Exception):
-    """The adaptive batcher shed a request that would have missed max_latency_ms."""
-
-
-def _shed() -> Any:
-    raise Overloaded
 
 
 if SETTINGS.bound_metric_paths:
@@ -74,6 +68,8 @@ if SETTINGS.bound_metric_paths:
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
     metrics={"enabled": True},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={} if SETTINGS.tracing else {"excluded_urls": ".*"},
 )
 @bentoml.asgi_app(oip_app, path="/v2", name="open-inference-v2")
 class NnshipService:
@@ -93,13 +89,9 @@ class NnshipService:
         self.validator = Validator(
             m, SETTINGS.max_rows, SETTINGS.max_seq_len, SETTINGS.strict_range, SETTINGS.range_margin
         )
-        self._batched = CorkDispatcher(
-            max_latency_in_ms=SETTINGS.max_latency_ms,
-            max_batch_size=SETTINGS.max_batch_size,
-            fallback=_shed,
-            get_batch_size=len,
-            batch_dim=(0, 0),
-        )(self._infer_many)
+        self._batched = AdaptiveBatcher(
+            self._run, SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.max_wait_ms
+        )
         metrics.init_reasons()
         metrics.MODEL_INFO.labels(
             model=self.model,
@@ -118,6 +110,8 @@ class NnshipService:
         self._batch_rows = metrics.BATCH_SIZE.labels(model=self.model, variant=self.runtime.variant)
         sizes = self.runtime.warm_up(SETTINGS.max_batch_size)
         log.info("warmed up on batch sizes %s", sizes)
+        gc.collect()
+        gc.freeze()  # start-up objects leave the collector's view: no long gen-2 pauses under load
         STATE.service = self
         self.ready = True
 
@@ -131,22 +125,6 @@ class NnshipService:
         self._infer_seconds.observe(time.perf_counter() - t)
         self._batch_rows.observe(len(x))
         return out
-
-    async def _infer_many(self, batches: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        """One ONNX Runtime call per input shape for all the queued requests, split back per request."""
-        results: list[np.ndarray | None] = [None] * len(batches)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, b in enumerate(batches):
-            by_shape.setdefault(b.shape[1:], []).append(i)
-        for idx in by_shape.values():
-            x = np.concatenate([batches[i] for i in idx]) if len(idx) > 1 else batches[idx[0]]
-            out = await anyio.to_thread.run_sync(self._run, x)
-            start = 0
-            for i in idx:
-                n = len(batches[i])
-                results[i] = out[start : start + n]
-                start += n
-        return results  # type: ignore[return-value]
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Through the adaptive batcher; raises Overloaded when the request would be too late."""
@@ -224,7 +202,7 @@ class NnshipService:
             return _via_context(ctx, self.overloaded(rid))
         except (asyncio.CancelledError, Exception):
             return _via_context(ctx, self.failure(rid))
-        return self.answer(x, out, flagged, counts)
+        return _via_context(ctx, JSONResponse(self.answer(x, out, flagged, counts)))
 
 
 def _via_context(ctx: bentoml.Context, response: JSONResponse) -> Any:

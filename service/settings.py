@@ -19,7 +19,8 @@ class Settings:
     workers: int = 1  # worker processes
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0: cores // workers
     max_batch_size: int = 128  # rows per inference call formed by adaptive batching
-    max_latency_ms: int = 30000  # a queued request older than this is shed with 503
+    max_latency_ms: int = 10000  # a request queued longer than this is shed with 503
+    max_wait_ms: float = 0.0  # hold a part-filled batch this long for more requests (0: never wait)
     max_rows: int = 1024  # rows one request may carry
     max_body_bytes: int = 4 << 20  # larger bodies get 413 before they are read
     max_seq_len: int = 0  # recurrent models: longest sequence accepted; 0: 4x the training length
@@ -33,9 +34,11 @@ class Settings:
     range_margin: float = 0.1  # tolerance outside [min, max], as a fraction of the range
     require_gpu: bool = False  # fail start-up unless CUDA really runs the model
     tensorrt: bool = False  # try TensorRT before CUDA
-    bound_metric_paths: bool = (
-        True  # label unknown paths as one series in BentoML's request metrics
+    tracing: bool = (
+        False  # OpenTelemetry spans per request (configure an exporter with BentoML to use them)
     )
+    access_log: bool = False  # BentoML's per-request access log (costly at thousands of requests/s)
+    bound_metric_paths: bool = True  # unknown paths share one series in BentoML's request metrics
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

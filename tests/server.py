@@ -28,15 +28,30 @@ def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[s
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server sets its own
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService", "--host", "127.0.0.1",
-         "--port", str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.service:NnshipService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{open(log.name).read()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {proc.returncode}:\n{open(log.name).read()[-3000:]}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     lines[:] = open(log.name).read().splitlines()

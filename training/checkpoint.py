@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from models import Network, build_model
 from nnship.errors import NnshipError
-from nnship.io import atomic_write, atomic_write_json, sha256_file
+from nnship.io import atomic_write, atomic_write_json, sha256_file, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +76,6 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         if key not in meta:
             raise NnshipError(f"{path}: missing field {key!r}")
     return meta
-
-
-def verify_file(path: Path, expected: str) -> None:
-    """Refuse a file whose sha256 differs from the recorded one."""
-    if not path.is_file():
-        raise NnshipError(f"{path}: missing")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise NnshipError(
-            f"{path}: sha256 mismatch (recorded {expected[:12]}…, file has {actual[:12]}…); "
-            "the file was modified or truncated"
-        )
 
 
 def load_weights_into(model: torch.nn.Module, path: Path, sha256: str, what: str) -> None:

@@ -8,8 +8,9 @@ import bentoml
 import numpy as np
 import pytest
 
-from export.package import ExportOptions, export_run, load_package
+from export.package import ExportOptions, export_run
 from export.runtime import cpu_session
+from export.store import load_package
 from nnship.cli import main
 from nnship.errors import NnshipError
 from nnship.io import sha256_file

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from export.package import load_package
 from export.runtime import cpu_session
+from export.store import load_package
 from tests.server import running_server
 from training.data import load_dataset, split
 
@@ -19,17 +19,27 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 @pytest.fixture(scope="module")
 def server(iris_package):
-    env = {"NNSHIP_MODEL": f"iris-served:{iris_package['version']}", "NNSHIP_MAX_ROWS": "64",
-           "NNSHIP_MAX_BODY_BYTES": "20000", "NNSHIP_THREADS": "1"}
+    env = {
+        "NNSHIP_MODEL": f"iris-served:{iris_package['version']}",
+        "NNSHIP_MAX_ROWS": "64",
+        "NNSHIP_MAX_BODY_BYTES": "20000",
+        "NNSHIP_THREADS": "1",
+    }
     with running_server(env) as (url, log):
         yield url, log
 
 
 @pytest.fixture(scope="module")
 def guarded(iris_package):
-    env = {"NNSHIP_MODEL": "iris-served:latest", "NNSHIP_API_KEY": "s3cret-key", "NNSHIP_RATE_LIMIT": "2",
-           "NNSHIP_RATE_BURST": "4", "NNSHIP_STRICT_RANGE": "true", "NNSHIP_BOUND_METRIC_PATHS": "false",
-           "NNSHIP_THREADS": "1"}
+    env = {
+        "NNSHIP_MODEL": "iris-served:latest",
+        "NNSHIP_API_KEY": "s3cret-key",
+        "NNSHIP_RATE_LIMIT": "2",
+        "NNSHIP_RATE_BURST": "4",
+        "NNSHIP_STRICT_RANGE": "true",
+        "NNSHIP_BOUND_METRIC_PATHS": "false",
+        "NNSHIP_THREADS": "1",
+    }
     with running_server(env) as (url, _):
         yield url
 
@@ -43,8 +53,11 @@ def metrics(url):
 
 
 def counter(fams, name, **labels):
-    return sum(s.value for s in fams[name].samples
-               if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for s in fams[name].samples
+        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_predict_matches_onnx_runtime(server, iris_package):
@@ -106,8 +119,11 @@ def test_validation_rules(server, raw, status, rule, loc):
 
 def test_body_limit_and_content_type(server):
     url, _ = server
-    r = httpx.post(f"{url}/predict", content=b'{"inputs": [' + b"[1,2,3,4]," * 3000 + b"[1,2,3,4]]}",
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{url}/predict",
+        content=b'{"inputs": [' + b"[1,2,3,4]," * 3000 + b"[1,2,3,4]]}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["detail"][0]["type"] == "body_too_large"
 
     def chunks():  # no content-length: the limit holds while reading
@@ -118,7 +134,11 @@ def test_body_limit_and_content_type(server):
 
     r = httpx.post(f"{url}/predict", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
-    r = httpx.post(f"{url}/predict", content=json.dumps({"inputs": [ROW]}), headers={"content-type": "text/plain"})
+    r = httpx.post(
+        f"{url}/predict",
+        content=json.dumps({"inputs": [ROW]}),
+        headers={"content-type": "text/plain"},
+    )
     assert r.status_code == 415 and r.json()["detail"][0]["type"] == "content_type"
     assert post(url, {"inputs": [ROW]}).status_code == 200  # still serving
 
@@ -147,19 +167,56 @@ def test_open_inference_protocol_with_tritonclient(server, iris_package):
 @pytest.mark.parametrize(
     ("path", "body", "status", "rule"),
     [
-        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64",
-                                                      "data": ROW}]}, 400, "datatype"),
-        ("/v2/models/iris-served/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                                                      "data": ROW}]}, 400, "input_name"),
-        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
-                                                      "data": ROW}]}, 400, "size_matches_shape"),
-        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32",
-                                                      "data": [*ROW, 1]}]}, 400, "shape"),
-        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                                                      "data": [1, 2, False, 4]}]}, 400, "number_required"),
-        ("/v2/models/iris-served/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                                                      "data": ROW, "parameters": {"binary_data_size": 16}}]},
-         400, "json_data_only"),
+        (
+            "/v2/models/iris-served/infer",
+            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": ROW}]},
+            400,
+            "datatype",
+        ),
+        (
+            "/v2/models/iris-served/infer",
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]},
+            400,
+            "input_name",
+        ),
+        (
+            "/v2/models/iris-served/infer",
+            {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": ROW}]},
+            400,
+            "size_matches_shape",
+        ),
+        (
+            "/v2/models/iris-served/infer",
+            {"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [*ROW, 1]}]},
+            400,
+            "shape",
+        ),
+        (
+            "/v2/models/iris-served/infer",
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, False, 4]}
+                ]
+            },
+            400,
+            "number_required",
+        ),
+        (
+            "/v2/models/iris-served/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 4],
+                        "datatype": "FP32",
+                        "data": ROW,
+                        "parameters": {"binary_data_size": 16},
+                    }
+                ]
+            },
+            400,
+            "json_data_only",
+        ),
         ("/v2/models/other/infer", {"inputs": []}, 404, None),
     ],
 )
@@ -174,19 +231,32 @@ def test_v2_rejections(server, path, body, status, rule):
 def test_metrics_families_move_and_stay_bounded(server):
     url, _ = server
     before = metrics(url)
-    for name in ("nnship_inference_seconds", "nnship_batch_size", "nnship_requests_rejected", "nnship_predictions",
-                 "nnship_out_of_range_inputs", "nnship_model_info"):
+    for name in (
+        "nnship_inference_seconds",
+        "nnship_batch_size",
+        "nnship_requests_rejected",
+        "nnship_predictions",
+        "nnship_out_of_range_inputs",
+        "nnship_model_info",
+    ):
         assert name in before, name
     info = [s for s in before["nnship_model_info"].samples if s.value == 1][0].labels
     assert info["model"] == "iris-served" and info["provider"] == "CPUExecutionProvider"
     assert len(info["onnx_sha256"]) == 64
     assert post(url, {"inputs": [ROW, ROW]}).status_code == 200
-    httpx.post(f"{url}/predict", content='{"inputs": [[1, 2, NaN, 4]]}', headers={"content-type": "application/json"})
+    httpx.post(
+        f"{url}/predict",
+        content='{"inputs": [[1, 2, NaN, 4]]}',
+        headers={"content-type": "application/json"},
+    )
     assert post(url, {"inputs": [[500.0, 3.5, 1.4, 0.2]]}).json()["out_of_range"] == [0]
     after = metrics(url)
     assert counter(after, "nnship_predictions") - counter(before, "nnship_predictions") == 3
-    assert counter(after, "nnship_requests_rejected", reason="non_finite") - \
-        counter(before, "nnship_requests_rejected", reason="non_finite") == 1
+    assert (
+        counter(after, "nnship_requests_rejected", reason="non_finite")
+        - counter(before, "nnship_requests_rejected", reason="non_finite")
+        == 1
+    )
     assert counter(after, "nnship_out_of_range_inputs", feature="sepal length (cm)") >= 1
     series = sum(len(f.samples) for f in after.values())
     rng = random.Random(0)
@@ -194,7 +264,10 @@ def test_metrics_families_move_and_stay_bounded(server):
         for _ in range(1000):
             c.get(f"{url}/{''.join(rng.choices(string.ascii_lowercase, k=12))}")
     grown = sum(len(f.samples) for f in metrics(url).values())
-    assert grown - series < 30, (series, grown)  # 1,000 unknown paths: a handful of /__other__ series
+    assert grown - series < 30, (
+        series,
+        grown,
+    )  # 1,000 unknown paths: a handful of /__other__ series
 
 
 def test_unbounded_paths_are_the_problem(guarded):
@@ -210,13 +283,21 @@ def test_unbounded_paths_are_the_problem(guarded):
 def test_api_key_rate_limit_and_strict_range(guarded):
     url = guarded
     assert post(url, {"inputs": [ROW]}).status_code == 401
-    assert post(url, {"inputs": [ROW]}, headers={"authorization": "Bearer wrong"}).status_code == 401
-    assert httpx.get(f"{url}/readyz").status_code == 200 and httpx.get(f"{url}/metrics").status_code == 200
+    assert (
+        post(url, {"inputs": [ROW]}, headers={"authorization": "Bearer wrong"}).status_code == 401
+    )
+    assert (
+        httpx.get(f"{url}/readyz").status_code == 200
+        and httpx.get(f"{url}/metrics").status_code == 200
+    )
     ok = {"authorization": "Bearer s3cret-key"}
     r = post(url, {"inputs": [[500.0, 3.5, 1.4, 0.2]]}, headers=ok)
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "training_range"
     assert "sepal length" in r.json()["error"]
-    codes = [post(url, {"inputs": [ROW]}, headers={"x-api-key": "s3cret-key"}).status_code for _ in range(8)]
+    codes = [
+        post(url, {"inputs": [ROW]}, headers={"x-api-key": "s3cret-key"}).status_code
+        for _ in range(8)
+    ]
     assert codes.count(200) >= 2 and 429 in codes
     limited = post(url, {"inputs": [ROW]}, headers=ok)
     if limited.status_code == 429:

@@ -1,6 +1,5 @@
 """The service's ASGI app in this process under Starlette's test client (BentoML's own loader)."""
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -43,7 +42,9 @@ def app_client(iris_package):
 def test_ready_after_warm_up_on_every_bucket(app_client):
     client, seen = app_client
     assert seen["sizes"] == [1, 2, 4, 8, 16, 32, 64, 128]
-    assert seen["published_during_warm_up"] is False  # neither /readyz nor /v2 see it before warm-up ends
+    assert (
+        seen["published_during_warm_up"] is False
+    )  # neither /readyz nor /v2 see it before warm-up ends
     assert client.get("/readyz").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
 
@@ -69,9 +70,13 @@ def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):
 
     rt.run = boom
     try:
-        for path, body in (("/predict", {"inputs": [ROW]}),
-                           ("/v2/models/iris-served/infer",
-                            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})):
+        for path, body in (
+            ("/predict", {"inputs": [ROW]}),
+            (
+                "/v2/models/iris-served/infer",
+                {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]},
+            ),
+        ):
             r = client.post(path, json=body, headers={"x-request-id": "req-42"})
             assert r.status_code == 500, path
             assert r.json() == {"error": "internal error", "request_id": "req-42"}
@@ -88,19 +93,28 @@ def test_batched_answers_equal_single_answers(app_client):
     client, _ = app_client
     rng = np.random.default_rng(0)
     rows = (rng.normal(0, 1, (24, 4)) + np.array(ROW)).round(3).tolist()
-    single = [client.post("/predict", json={"inputs": [r]}).json()["probabilities"][0] for r in rows]
+    single = [
+        client.post("/predict", json={"inputs": [r]}).json()["probabilities"][0] for r in rows
+    ]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        batched = list(pool.map(lambda r: client.post("/predict", json={"inputs": [r]}).json(), rows))
+        batched = list(
+            pool.map(lambda r: client.post("/predict", json={"inputs": [r]}).json(), rows)
+        )
     np.testing.assert_allclose([b["probabilities"][0] for b in batched], single, atol=1e-6)
 
 
 def _serve(args, env=None):
-    return subprocess.run([sys.executable, "-m", "nnship.cli", "serve", *args, "--port", "1"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "nnship.cli", "serve", *args, "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_tampered_model_refused_at_start(iris_package, tmp_path):
-    from export.package import load_package
+    from export.store import load_package
 
     src = load_package(f"iris-served:{iris_package['version']}").path
     pkg = tmp_path / "pkg"
@@ -137,7 +151,9 @@ def test_require_gpu_fails_clearly_without_cuda(iris_package):
         return
     from nnship.errors import NnshipError
 
-    with pytest.raises(NnshipError, match="--require-gpu: the model runs on CPUExecutionProvider, not CUDA"):
+    with pytest.raises(
+        NnshipError, match="--require-gpu: the model runs on CPUExecutionProvider, not CUDA"
+    ):
         load_runtime(settings)
 
 
@@ -148,7 +164,9 @@ def test_cpu_provider_reported(iris_package):
     rt = load_runtime(Settings(model=f"iris-served:{iris_package['version']}", threads=1))
     assert rt.session.get_providers()[0] == rt.provider
     if not nvidia_device_present():
-        assert rt.provider == "CPUExecutionProvider" and rt.variant == iris_package["default_variant"]
+        assert (
+            rt.provider == "CPUExecutionProvider" and rt.variant == iris_package["default_variant"]
+        )
     assert rt.run(np.zeros((3, 4), np.float32)).shape == (3, 3)
 
 
@@ -162,5 +180,3 @@ def test_cuda_provider_really_runs(iris_package):
     rt = load_runtime(Settings(model=f"iris-served:{iris_package['version']}", require_gpu=True))
     assert rt.provider == "CUDAExecutionProvider" and rt.on_gpu
     assert rt.run(np.zeros((5, 4), np.float32)).shape == (5, 3)
-
-

@@ -10,7 +10,12 @@ from service.validation import RequestError, Validator
 
 def manifest(family, shape, feats):
     stats = [{"name": f"f{i}", "min": 0.0, "max": 10.0} for i in range(feats)]
-    return {"family": family, "input": {"shape": shape, "feature_names": [s["name"] for s in stats], "stats": stats}}
+    axes = ["batch", "sequence"] if family in ("rnn", "lstm", "gru") else ["batch"]
+    return {
+        "family": family,
+        "exporter": {"dynamic_axes": axes},
+        "input": {"shape": shape, "feature_names": [s["name"] for s in stats], "stats": stats},
+    }
 
 
 SEQ = Validator(manifest("gru", [8, 3], 3), max_rows=4)
@@ -26,7 +31,12 @@ def rule(fn, value):
 def test_sequences_of_any_allowed_length():
     for t in (1, 8, 32):
         assert SEQ.predict_inputs([[[1.0, 2.0, 3.0]] * t]).shape == (1, t, 3)
-    assert rule(SEQ.predict_inputs, [[[1.0, 2.0, 3.0]] * 33]) == (400, "sequence_length", "sequence_length", ["inputs", 0])
+    assert rule(SEQ.predict_inputs, [[[1.0, 2.0, 3.0]] * 33]) == (
+        400,
+        "sequence_length",
+        "sequence_length",
+        ["inputs", 0],
+    )
     assert rule(SEQ.predict_inputs, [[]])[1] == "sequence_length"
     assert rule(SEQ.predict_inputs, [[[1.0, 2.0]]])[:3] == (400, "shape", "shape")
 
@@ -36,11 +46,17 @@ def test_image_rules():
     assert rule(IMG.predict_inputs, [[1]])[2] == "rank"
     assert rule(IMG.predict_inputs, [[[1, 2], [3, 4]]])[2] == "shape"
     assert rule(IMG.predict_inputs, [[[[1, 2], [3, 4]]]] * 5)[1] == "too_many_rows"
-    assert rule(IMG.predict_inputs, [[[[1, 2], [3, 1e300]]]])[:3] == (400, "overflow", "float32_range")
+    assert rule(IMG.predict_inputs, [[[[1, 2], [3, 1e300]]]])[:3] == (
+        400,
+        "overflow",
+        "float32_range",
+    )
 
 
 def test_v2_shape_checks():
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 40, 3], "data": [0.0] * 120}]}
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 40, 3], "data": [0.0] * 120}]
+    }
     assert rule(SEQ.v2_inputs, body)[1] == "sequence_length"
     body["inputs"][0].update(shape=[2, 5, 3], data=[[0.0] * 15, [1.0] * 15])
     x, outputs = SEQ.v2_inputs(body)
@@ -71,7 +87,9 @@ def test_token_bucket():
 
 
 def test_settings_from_env():
-    s = Settings.from_env({"NNSHIP_WORKERS": "2", "NNSHIP_STRICT_RANGE": "true", "NNSHIP_RATE_LIMIT": "1.5"})
+    s = Settings.from_env(
+        {"NNSHIP_WORKERS": "2", "NNSHIP_STRICT_RANGE": "true", "NNSHIP_RATE_LIMIT": "1.5"}
+    )
     assert s.workers == 2 and s.strict_range and s.rate_limit == 1.5
     from nnship.errors import NnshipError
 

@@ -1,0 +1,396 @@
+"""Serving benchmark: the nnship service vs a naive ONNX Runtime app vs the same stack's echo.
+
+    python -m loadtests.benchmark [--duration 10] [--report reports/serving-benchmark.md]
+
+Trains and exports two models into a temporary BentoML home (the default digits cnn, and a
+compute-heavy wide mlp), serves each three ways with one worker process each, drives them with wrk at
+1, 16 and 64 concurrent single-row clients, profiles the nnship worker with py-spy, and writes a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from loadtests.rows import predict_bodies
+from nnship.io import atomic_write
+
+CONCURRENCY = (1, 16, 64)
+HEAVY_CONFIG = {"hidden": [2048, 2048, 2048], "batch_norm": False, "dropout": 0.0}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], env: dict[str, str], url: str, ready_path: str):
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.request(
+                    "POST" if ready_path == "/predict" else "GET",
+                    url + ready_path,
+                    content=env.get("_PROBE", ""),
+                    headers={"content-type": "application/json"},
+                    timeout=2,
+                )
+                if r.status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+def _lua(bodies: list[str], path: Path) -> Path:
+    items = ",\n".join("[==[" + b + "]==]" for b in bodies[:64])  # long strings: bodies hold "]]"
+    path.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"local bodies = {{\n{items}\n}}\nlocal i = 0\n"
+        "request = function()\n  i = i % #bodies + 1\n  return wrk.format(nil, '/predict', nil, bodies[i])\nend\n"
+    )
+    return path
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(min(2, connections)),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(lat["50"]),
+        "p99_ms": _ms(lat["99"]),
+        "errors": (int(non2xx.group(1)) if non2xx else 0)
+        + (sum(map(int, sock.groups())) if sock else 0),
+    }
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
+    kids = [int(p) for p in out.split()]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def profile(pid: int, url: str, script: Path, seconds: int, work: Path) -> list[tuple[str, float]]:
+    """py-spy over the service's processes while wrk drives 16 clients: share of samples per frame."""
+    raw = work / "profile.txt"
+    pids = [p for p in [pid, *_children(pid)]]
+    target = max(pids, key=lambda p: _cpu_ticks(p))
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(target),
+            "--format",
+            "raw",
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            "--output",
+            str(raw),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1)
+    run_wrk(url, script, 16, seconds - 2)
+    spy.wait(60)
+    if not raw.exists():
+        return []
+    return summarize_profile(raw.read_text())
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError):
+        return 0
+
+
+BUCKETS = [
+    ("ONNX Runtime inference", ("onnxruntime", "runtime.py:run")),
+    ("nnship validation", ("validation.py",)),
+    ("nnship answer building / metrics", ("service.py:answer", "prometheus_client")),
+    ("adaptive batching (CorkDispatcher)", ("dispatcher.py",)),
+    ("pydantic / BentoML request parsing", ("io_models.py", "pydantic", "serde.py")),
+    ("JSON encoding and response", ("json", "responses.py")),
+    (
+        "BentoML / Starlette / OpenTelemetry middleware",
+        ("_bentoml_impl", "bentoml/_internal", "starlette", "opentelemetry", "security.py"),
+    ),
+    ("uvicorn / asyncio / HTTP parsing", ("uvicorn", "asyncio", "h11", "httptools", "selectors")),
+]
+
+
+def summarize_profile(text: str) -> list[tuple[str, float]]:
+    """Attribute each sampled stack to the first bucket its innermost frames match (leaf first)."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(n)
+        bucket = "idle / other"
+        for frame in reversed(frames):
+            hit = next((name for name, keys in BUCKETS if any(k in frame for k in keys)), None)
+            if hit:
+                bucket = hit
+                break
+        counts[bucket] += int(n)
+    return [(k, v / total) for k, v in counts.most_common()] if total else []
+
+
+def prepare_models(home: Path) -> dict[str, str]:
+    """Train and export the two models; returns name -> data set."""
+    from export.package import ExportOptions, export_run
+    from training.train import TrainConfig, train
+
+    os.environ["BENTOML_HOME"] = str(home)
+    runs = home / "runs"
+    train(TrainConfig(model="cnn", dataset="digits", out=str(runs / "digits-cnn")))
+    export_run(ExportOptions(str(runs / "digits-cnn"), name="digits-cnn"))
+    train(
+        TrainConfig(
+            model="mlp",
+            dataset="digits",
+            epochs=1,
+            model_config=HEAVY_CONFIG,
+            out=str(runs / "heavy"),
+        )
+    )
+    export_run(ExportOptions(str(runs / "heavy"), name="digits-heavy", variants=("fp32",)))
+    return {"digits-cnn": "digits", "digits-heavy": "digits"}
+
+
+def bench_model(model: str, dataset: str, home: Path, seconds: int, work: Path) -> dict:
+    bodies = predict_bodies(dataset, 64)
+    script = _lua(bodies, work / f"{model}.lua")
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "_PROBE": bodies[0]}
+    threads = str(os.cpu_count() or 1)
+    results: dict[str, dict] = {}
+    servers = {
+        "nnship": (
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "service.service:NnshipService",
+                "--port",
+                "{port}",
+            ],
+            {"NNSHIP_MODEL": f"{model}:latest", "NNSHIP_WORKERS": "1"},
+            "/readyz",
+        ),
+        "naive": (
+            [
+                sys.executable,
+                "-m",
+                "loadtests.baseline",
+                "naive",
+                f"{model}:latest",
+                "--port",
+                "{port}",
+                "--threads",
+                threads,
+            ],
+            {},
+            "/predict",
+        ),
+        "echo": (
+            [sys.executable, "-m", "loadtests.baseline", "echo", "--port", "{port}"],
+            {},
+            "/predict",
+        ),
+    }
+    for name, (cmd, extra, ready) in servers.items():
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        with _server(
+            [c.replace("{port}", str(port)) for c in cmd], {**env, **extra}, url, ready
+        ) as proc:
+            run_wrk(url, script, 16, 2)  # warm the path
+            results[name] = {c: run_wrk(url, script, c, seconds) for c in CONCURRENCY}
+            if name == "nnship":
+                results[name]["profile"] = profile(proc.pid, url, script, max(6, seconds), work)
+                metrics = httpx.get(f"{url}/metrics").text
+                results[name]["shed"] = sum(
+                    float(v)
+                    for v in re.findall(
+                        r'^bentoml_service_request_total\{[^}]*http_response_code="503"[^}]*\} ([\d.e+]+)$',
+                        metrics,
+                        re.M,
+                    )
+                )
+                sizes = re.findall(
+                    r"^nnship_batch_size_(sum|count)\{[^}]*\} ([\d.e+]+)$", metrics, re.M
+                )
+                agg = {k: float(v) for k, v in sizes}
+                results[name]["mean_batch"] = agg.get("sum", 0) / max(agg.get("count", 1), 1)
+        print(
+            f"{model} {name}: "
+            + ", ".join(f"c{c} {results[name][c]['rps']:.0f} rps" for c in CONCURRENCY),
+            flush=True,
+        )
+    return results
+
+
+def render(all_results: dict, seconds: int) -> tuple[str, bool]:
+    lines = ["| model | server | clients | req/s | p50 ms | p99 ms | errors |", "| --- " * 7 + "|"]
+    for model, res in all_results.items():
+        for server in ("nnship", "naive", "echo"):
+            for c in CONCURRENCY:
+                r = res[server][c]
+                lines.append(
+                    f"| {model} | {server} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                    f"| {r['errors']} |"
+                )
+    d, h = all_results["digits-cnn"], all_results["digits-heavy"]
+    checks = [
+        (
+            "zero errors at 64 clients (nnship, both models)",
+            d["nnship"][64]["errors"] == 0 and h["nnship"][64]["errors"] == 0,
+            f"{d['nnship'][64]['errors']} / {h['nnship'][64]['errors']}",
+        ),
+        (
+            "zero shed (503) requests",
+            d["nnship"]["shed"] == 0 and h["nnship"]["shed"] == 0,
+            f"{d['nnship']['shed']:.0f} / {h['nnship']['shed']:.0f}",
+        ),
+        (
+            "heavy model, 64 clients: nnship >= 2x naive throughput",
+            h["nnship"][64]["rps"] >= 2 * h["naive"][64]["rps"],
+            f"{h['nnship'][64]['rps'] / h['naive'][64]['rps']:.2f}x",
+        ),
+        (
+            "digits-cnn, 64 clients: nnship >= 0.5x naive throughput",
+            d["nnship"][64]["rps"] >= 0.5 * d["naive"][64]["rps"],
+            f"{d['nnship'][64]['rps'] / d['naive'][64]['rps']:.2f}x",
+        ),
+        (
+            "digits-cnn, 1 client: nnship p50 within 1.5 ms of naive",
+            d["nnship"][1]["p50_ms"] - d["naive"][1]["p50_ms"] <= 1.5,
+            f"{d['nnship'][1]['p50_ms']:.2f} ms vs {d['naive'][1]['p50_ms']:.2f} ms",
+        ),
+    ]
+    ok = all(c[1] for c in checks)
+    prof = ["| where | share of samples |", "| --- | --- |"]
+    prof += [f"| {k} | {v:.1%} |" for k, v in d["nnship"].get("profile", [])]
+    text = "\n".join(
+        [
+            "# Serving benchmark",
+            "",
+            f"One worker process per server on {os.cpu_count()} cores, ONNX Runtime with the same threads on both "
+            f"inference servers; wrk drives single-row POST /predict requests with real test-split rows for {seconds} s "
+            "per cell. `nnship` is the BentoML service with adaptive batching; `naive` is plain uvicorn + Starlette "
+            "doing one ONNX Runtime call per request; `echo` is that same stack parsing the JSON and answering without "
+            "inference (the ceiling of the HTTP layer). Reproduce: `python -m loadtests.benchmark`.",
+            "",
+            f"Mean rows per inference batch formed by nnship's batcher: digits-cnn {d['nnship']['mean_batch']:.1f}, "
+            f"digits-heavy {h['nnship']['mean_batch']:.1f} (over the whole run).",
+            "",
+            "| bar | result | measured |",
+            "| --- | --- | --- |",
+            *[
+                f"| {name} | {'pass' if passed else 'FAIL'} | {figure} |"
+                for name, passed, figure in checks
+            ],
+            "",
+            *lines,
+            "",
+            "## Where the time goes (py-spy, nnship worker, digits-cnn, 16 clients)",
+            "",
+            "Each sampled stack is attributed to the innermost frame that matches a bucket.",
+            "",
+            *prof,
+            "",
+        ]
+    )
+    return text, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per measurement cell")
+    p.add_argument("--report", default="reports/serving-benchmark.md")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        home, work = Path(tmp) / "bentoml", Path(tmp)
+        models = prepare_models(home)
+        results = {m: bench_model(m, ds, home, args.duration, work) for m, ds in models.items()}
+    text, ok = render(results, args.duration)
+    print(text)
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(report, lambda f: f.write_text(text))
+    atomic_write(
+        report.with_suffix(".json"),
+        lambda f: f.write_text(json.dumps(results, indent=1, default=str)),
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
