@@ -9,7 +9,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test lint format quality clean
+.PHONY: setup demo test lint format quality export-bench serve-bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ format: setup
 
 quality: setup  ## retrain the quality-bar models over 3 seeds -> reports/training-quality.md
 	$(BIN)/python -m training.quality
+
+export-bench: setup  ## variants vs PyTorch eager -> reports/export-benchmark.md
+	$(BIN)/python -m export.benchmark
+
+serve-bench: setup  ## service vs naive vs echo under wrk -> reports/serving-benchmark.md
+	$(BIN)/python -m loadtests.benchmark
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -8,9 +8,9 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import time
-import uuid
 from collections import OrderedDict
 
 from service import metrics
@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 INFER_RE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_CLIENTS = 10_000
+WANTED = frozenset(
+    {b"x-request-id", b"authorization", b"x-api-key", b"content-type", b"content-length"}
+)
 
 
 def is_inference(method: str, path: str) -> bool:
@@ -91,19 +94,15 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
-        }
+        headers: dict[str, str] = {}
+        for k, v in scope.get("headers", ()):  # ASGI servers lower-case header names
+            if k in WANTED:
+                headers[k.decode()] = v.decode("latin-1")
         rid = headers.get("x-request-id", "")
         if not REQUEST_ID_RE.match(rid):
-            rid = uuid.uuid4().hex
-        scope = {
-            **scope,
-            "headers": [
-                *[(k, v) for k, v in scope["headers"] if k.lower() != b"x-request-id"],
-                (b"x-request-id", rid.encode()),
-            ],
-        }
+            rid = os.urandom(12).hex()
+            kept = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+            scope = {**scope, "headers": [*kept, (b"x-request-id", rid.encode())]}
         method, path = scope["method"], scope["path"]
         infer = is_inference(method, path)
         if self.key and (

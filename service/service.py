@@ -100,10 +100,15 @@ class NnshipService:
             provider=self.runtime.provider,
             onnx_sha256=self.runtime.sha256,
         ).set(1)
-        for label in self.labels or ["value"]:
+        # label children looked up once: prometheus_client's labels() costs a lock and a dict per call
+        self._predicted = [
             metrics.PREDICTIONS.labels(model=self.model, label=label)
-        for feature in self.validator.feature_names:
+            for label in self.labels or ["value"]
+        ]
+        self._outside = [
             metrics.OUT_OF_RANGE.labels(model=self.model, feature=feature)
+            for feature in self.validator.feature_names
+        ]
         self._infer_seconds = metrics.INFERENCE_SECONDS.labels(
             model=self.model, variant=self.runtime.variant, provider=self.runtime.provider
         )
@@ -134,10 +139,9 @@ class NnshipService:
     def answer(
         self, x: np.ndarray, out: np.ndarray, flagged: list[int], counts: np.ndarray
     ) -> dict[str, Any]:
-        for f in np.flatnonzero(counts):
-            metrics.OUT_OF_RANGE.labels(
-                model=self.model, feature=self.validator.feature_names[f]
-            ).inc(int(counts[f]))
+        if flagged:
+            for f in np.flatnonzero(counts):
+                self._outside[f].inc(int(counts[f]))
         body: dict[str, Any] = {
             "model": self.model,
             "version": self.version,
@@ -147,13 +151,15 @@ class NnshipService:
             z = out - out.max(axis=1, keepdims=True)
             p = np.exp(z)
             p /= p.sum(axis=1, keepdims=True)
-            idx = p.argmax(axis=1)
-            names = [self.labels[i] for i in idx]
-            for i, c in zip(*np.unique(idx, return_counts=True), strict=True):
-                metrics.PREDICTIONS.labels(model=self.model, label=self.labels[i]).inc(int(c))
-            body.update(predictions=names, probabilities=p.astype(np.float64).round(6).tolist())
+            idx = p.argmax(axis=1).tolist()
+            for i in idx:
+                self._predicted[i].inc()
+            body.update(
+                predictions=[self.labels[i] for i in idx],
+                probabilities=p.astype(np.float64).round(6).tolist(),
+            )
         else:
-            metrics.PREDICTIONS.labels(model=self.model, label="value").inc(len(out))
+            self._predicted[0].inc(len(out))
             body["predictions"] = out[:, 0].astype(float).tolist()
         if flagged:
             body["out_of_range"] = flagged

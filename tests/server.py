@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -24,7 +25,7 @@ def free_port() -> int:
 def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[str, list[str]]]:
     """Yields (base URL, the server's output lines so far — refreshed on each read)."""
     port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="nnship-serve-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile("w+", prefix="nnship-serve-", suffix=".log", delete=False)  # noqa: SIM115
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server sets its own
     proc = subprocess.Popen(
@@ -50,15 +51,17 @@ def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[s
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"server exited with {proc.returncode}:\n{open(log.name).read()[-3000:]}"
+                    f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}"
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    lines[:] = open(log.name).read().splitlines()
+                    lines[:] = Path(log.name).read_text().splitlines()
                     break
             time.sleep(0.2)
         else:
-            raise RuntimeError(f"server not ready in {timeout} s:\n{open(log.name).read()[-3000:]}")
+            raise RuntimeError(
+                f"server not ready in {timeout} s:\n{Path(log.name).read_text()[-3000:]}"
+            )
         yield url, lines
     finally:
         proc.terminate()

@@ -99,7 +99,7 @@ def test_flipped_byte_refused_naming_the_file(exported, tmp_path):
 def test_unknown_tag_and_missing_manifest(tmp_path):
     with pytest.raises(NnshipError, match="not in the BentoML model store"):
         load_package("no-such-model:latest")
-    with pytest.raises(NnshipError, match="manifest.json: missing"):
+    with pytest.raises(NnshipError, match=r"manifest\.json: missing"):
         load_package(tmp_path)
 
 

@@ -240,7 +240,7 @@ def test_metrics_families_move_and_stay_bounded(server):
         "nnship_model_info",
     ):
         assert name in before, name
-    info = [s for s in before["nnship_model_info"].samples if s.value == 1][0].labels
+    info = next(s for s in before["nnship_model_info"].samples if s.value == 1).labels
     assert info["model"] == "iris-served" and info["provider"] == "CPUExecutionProvider"
     assert len(info["onnx_sha256"]) == 64
     assert post(url, {"inputs": [ROW, ROW]}).status_code == 200
