@@ -10,8 +10,9 @@ import onnxruntime as ort
 CPU = "CPUExecutionProvider"
 
 
-def session_options(threads: int, level: str = "all") -> ort.SessionOptions:
-    """intra-op threads set explicitly (ONNX Runtime ignores OMP_NUM_THREADS), one inter-op thread."""
+def session_options(threads: int, level: str = "all", spin: bool = True) -> ort.SessionOptions:
+    """intra-op threads set explicitly (ONNX Runtime ignores OMP_NUM_THREADS), one inter-op thread;
+    spin=False stops idle pool threads from busy-waiting (a server shares its cores with the event loop)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
@@ -22,6 +23,8 @@ def session_options(threads: int, level: str = "all") -> ort.SessionOptions:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
     so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 

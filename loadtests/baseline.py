@@ -18,11 +18,15 @@ from starlette.routing import Route
 
 
 def naive_app(model: str, threads: int) -> Starlette:
-    from export.runtime import cpu_session
+    import onnxruntime as ort
+
+    from export.runtime import CPU, session_options
     from export.store import load_package
 
     pkg = load_package(model)
-    session = cpu_session(pkg.variant_path(pkg.manifest["default_variant"]), threads)
+    # the session settings the service uses: same threads, no spinning
+    session = ort.InferenceSession(str(pkg.variant_path(pkg.manifest["default_variant"])),
+                                   session_options(threads, spin=False), providers=[CPU])
     labels = pkg.manifest["output"]["labels"]
 
     async def predict(request: Request) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
             "0",
         ]
         env = {"NNSHIP_LOADTEST_DATASET": args.dataset, "NNSHIP_LOADTEST_MODEL": args.model}
-        import os
-
         proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
         stats = Path(f"{prefix}_stats.csv")
         if proc.returncode != 0 or not stats.exists():

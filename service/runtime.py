@@ -81,7 +81,7 @@ class Runtime:
 
 
 def _session(path, settings: Settings, providers: list[str]) -> ort.InferenceSession:
-    opts = session_options(settings.intra_op_threads)
+    opts = session_options(settings.intra_op_threads, spin=False)
     provider_options = [{"device_id": 0} if p in (CUDA, TENSORRT) else {} for p in providers]
     try:
         return ort.InferenceSession(

@@ -6,8 +6,10 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +44,15 @@ def _model_name(ref: str) -> str:
     return ref.split(":")[0]
 
 
+def _declared_model(ref: str) -> bentoml.models.BentoModel | None:
+    if Path(ref).is_dir():
+        return None
+    try:
+        return bentoml.models.BentoModel(ref)
+    except ValueError:  # not a valid tag: start-up says so in one line
+        return None
+
+
 if SETTINGS.bound_metric_paths:
     pathlabels.install(
         known={
@@ -73,15 +84,18 @@ if SETTINGS.bound_metric_paths:
 )
 @bentoml.asgi_app(oip_app, path="/v2", name="open-inference-v2")
 class NnshipService:
-    """Serves one nnship model package with ONNX Runtime behind BentoML's adaptive batcher."""
+    """Serves one nnship model package with ONNX Runtime behind an adaptive batcher."""
+
+    model_ref = _declared_model(SETTINGS.model)  # a store model is part of `bentoml build`'s Bento
 
     def __init__(self) -> None:
         self.ready = False
         try:
-            self.runtime: Runtime = load_runtime(SETTINGS)
+            self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
         except NnshipError as e:
             log.error("nnship: error: %s", e)
-            raise SystemExit(2) from None
+            logging.shutdown()
+            os._exit(2)  # one line, no traceback: a bad model is not a bug in the server
         m = self.runtime.manifest
         self.model, self.version = m["model"], m["version"] or "local"
         self.labels = m["output"]["labels"]
@@ -119,6 +133,16 @@ class NnshipService:
         gc.freeze()  # start-up objects leave the collector's view: no long gen-2 pauses under load
         STATE.service = self
         self.ready = True
+
+    def _package_ref(self) -> str:
+        """The package's folder: resolved through the declared store model, or the directory given."""
+        if self.model_ref is None:
+            return SETTINGS.model
+        try:  # inside a served worker BentoML has already swapped in the resolved store model
+            ref = self.model_ref if hasattr(self.model_ref, "path") else self.model_ref.resolve()
+            return str(ref.path)
+        except Exception as e:  # BentoML raises NotFound, or a remote-lookup error without a cloud login
+            raise NnshipError(f"model {SETTINGS.model} is not in the BentoML model store ({e})") from e
 
     def __is_ready__(self) -> bool:
         return self.ready

@@ -309,3 +309,18 @@ def test_openapi_document(server):
     url, _ = server
     doc = httpx.get(f"{url}/docs.json").json()
     assert "/predict" in doc["paths"]
+
+
+def test_loadtest_slo_gate(server):
+    """`nnship loadtest` drives the Locust scenario and gates on failures and p99."""
+    import subprocess
+    import sys
+
+    url, _ = server
+    base = [sys.executable, "-m", "nnship.cli", "loadtest", "--host", url, "--users", "4", "--duration", "4s",
+            "--dataset", "iris", "--model", "iris-served"]
+    ok = subprocess.run([*base, "--slo-p99-ms", "5000"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "PASS" in ok.stdout and " 0 failures" in ok.stdout
+    strict = subprocess.run([*base, "--slo-p99-ms", "0.001"], capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 1 and "FAIL" in strict.stdout
