@@ -19,7 +19,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from nnship.errors import NnshipError
-from service import metrics, pathlabels
+from service import metrics, pathlabels, timeouts
 from service.batching import AdaptiveBatcher, Overloaded
 from service.oip import STATE, oip_app
 from service.runtime import Runtime, load_runtime
@@ -53,6 +53,7 @@ def _declared_model(ref: str) -> bentoml.models.BentoModel | None:
         return None
 
 
+timeouts.install()
 if SETTINGS.bound_metric_paths:
     pathlabels.install(
         known={

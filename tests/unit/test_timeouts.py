@@ -1,0 +1,54 @@
+"""The request timeout answers 504 when late, and leaves no timer behind when on time."""
+
+import asyncio
+
+from service.timeouts import CancellingTimeout
+
+
+def _run(app, n=1):
+    async def main():
+        loop = asyncio.get_running_loop()
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        for _ in range(n):
+            await app({"type": "http", "path": "/x"}, receive, send)
+        return sent, len(loop._scheduled)
+
+    return asyncio.run(main())
+
+
+async def fast(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def slow(scope, receive, send):
+    await asyncio.sleep(5)
+    await fast(scope, receive, send)
+
+
+def test_no_timer_left_per_request():
+    sent, pending = _run(CancellingTimeout(fast, timeout=30), n=200)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200] * 200
+    assert pending == 0  # BentoML's own middleware leaves one 30 s timer per request here
+
+
+def test_late_answer_is_a_504():
+    sent, _ = _run(CancellingTimeout(slow, timeout=0.05))
+    assert sent[0]["status"] == 504
+    assert b"not able to answer within 0.05 seconds" in sent[1]["body"]
+
+
+def test_bentoml_builds_the_fixed_middleware():
+    from bentoml._internal.server.http import traffic
+
+    from service import timeouts
+
+    timeouts.install()
+    assert traffic.TimeoutMiddleware is CancellingTimeout
