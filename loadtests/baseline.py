@@ -25,8 +25,11 @@ def naive_app(model: str, threads: int) -> Starlette:
 
     pkg = load_package(model)
     # the session settings the service uses: same threads, no spinning
-    session = ort.InferenceSession(str(pkg.variant_path(pkg.manifest["default_variant"])),
-                                   session_options(threads, spin=False), providers=[CPU])
+    session = ort.InferenceSession(
+        str(pkg.variant_path(pkg.manifest["default_variant"])),
+        session_options(threads, spin=False),
+        providers=[CPU],
+    )
     labels = pkg.manifest["output"]["labels"]
 
     async def predict(request: Request) -> JSONResponse:

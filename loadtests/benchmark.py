@@ -357,6 +357,11 @@ def render(all_results: dict, seconds: int) -> tuple[str, bool]:
             "",
             *lines,
             "",
+            "Serving choices behind these figures: nnship's own adaptive batcher (dispatch as soon as the model is "
+            "free, no polling), ONNX Runtime without thread spinning (idle pool threads busy-waiting stole the event "
+            "loop's core), a request timeout that cancels its timer (BentoML's leaves one per request on the loop), "
+            "and BentoML's tracing spans and access log off by default (`NNSHIP_TRACING`, `NNSHIP_ACCESS_LOG`).",
+            "",
             "## Where the time goes (py-spy, nnship worker, digits-cnn, 16 clients)",
             "",
             "Each sampled stack is attributed to the innermost frame that matches a bucket.",

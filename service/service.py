@@ -142,8 +142,12 @@ class NnshipService:
         try:  # inside a served worker BentoML has already swapped in the resolved store model
             ref = self.model_ref if hasattr(self.model_ref, "path") else self.model_ref.resolve()
             return str(ref.path)
-        except Exception as e:  # BentoML raises NotFound, or a remote-lookup error without a cloud login
-            raise NnshipError(f"model {SETTINGS.model} is not in the BentoML model store ({e})") from e
+        except (
+            Exception
+        ) as e:  # BentoML raises NotFound, or a remote-lookup error without a cloud login
+            raise NnshipError(
+                f"model {SETTINGS.model} is not in the BentoML model store ({e})"
+            ) from e
 
     def __is_ready__(self) -> bool:
         return self.ready

@@ -30,16 +30,25 @@ class CancellingTimeout:
                     nonlocal started
                     if not started:
                         started = True
-                        deadline.reschedule(None)  # the answer is on its way: no deadline for the body
+                        deadline.reschedule(
+                            None
+                        )  # the answer is on its way: no deadline for the body
                     await send(message)
 
                 await self.app(scope, receive, _send)
         except TimeoutError:
             if started or scope["type"] != "http":
                 raise
-            body = json.dumps({"error": f"not able to answer within {self.timeout} seconds"}).encode()
-            await send({"type": "http.response.start", "status": 504,
-                        "headers": [(b"content-type", b"application/json")]})
+            body = json.dumps(
+                {"error": f"not able to answer within {self.timeout} seconds"}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 504,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 

@@ -317,10 +317,28 @@ def test_loadtest_slo_gate(server):
     import sys
 
     url, _ = server
-    base = [sys.executable, "-m", "nnship.cli", "loadtest", "--host", url, "--users", "4", "--duration", "4s",
-            "--dataset", "iris", "--model", "iris-served"]
-    ok = subprocess.run([*base, "--slo-p99-ms", "5000"], capture_output=True, text=True, timeout=120)
+    base = [
+        sys.executable,
+        "-m",
+        "nnship.cli",
+        "loadtest",
+        "--host",
+        url,
+        "--users",
+        "4",
+        "--duration",
+        "4s",
+        "--dataset",
+        "iris",
+        "--model",
+        "iris-served",
+    ]
+    ok = subprocess.run(
+        [*base, "--slo-p99-ms", "5000"], capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASS" in ok.stdout and " 0 failures" in ok.stdout
-    strict = subprocess.run([*base, "--slo-p99-ms", "0.001"], capture_output=True, text=True, timeout=120)
+    strict = subprocess.run(
+        [*base, "--slo-p99-ms", "0.001"], capture_output=True, text=True, timeout=120
+    )
     assert strict.returncode == 1 and "FAIL" in strict.stdout

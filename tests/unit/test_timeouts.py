@@ -18,7 +18,9 @@ def _run(app, n=1):
 
         for _ in range(n):
             await app({"type": "http", "path": "/x"}, receive, send)
-        return sent, len(loop._scheduled)
+        return sent, sum(
+            not h.cancelled() for h in loop._scheduled
+        )  # cancelled ones are purged lazily
 
     return asyncio.run(main())
 
