@@ -445,8 +445,9 @@ class Trainer:
 def _resume_config(cfg: TrainConfig, resume: Path) -> TrainConfig:
     """The recorded config of the run to resume, with this call's epochs, output and overwrite."""
     state_meta = resume / ckpt.STATE_META
+    if not resume.is_dir():
+        raise NnshipError(f"run directory {resume} does not exist")
     if not state_meta.is_file():
-        ckpt.read_meta(resume)  # names the more basic problem first (missing dir, missing JSON)
         raise NnshipError(f"{state_meta}: missing; this run cannot be resumed")
     try:
         recorded = json.loads(state_meta.read_text())["config"]
@@ -463,7 +464,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     if resume is not None:
         resume = Path(resume)
-        ckpt.load_checkpoint(resume)  # verifies checkpoint.json and the weights' sha256 first
+        if not resume.name.endswith(".snapshot"):  # a finished run: its checkpoint must verify too
+            ckpt.load_checkpoint(resume)
         cfg = _resume_config(cfg, resume)
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite and (resume is None or out.resolve() != resume.resolve()):

@@ -82,3 +82,24 @@ def test_image_and_sequence_families_train(tmp_path, model):
     meta = json.loads((tmp_path / model / "checkpoint.json").read_text())
     assert meta["training"]["augment"] is True  # shifts on by default for digits images and rows
     assert meta["training"]["standardize"] == ("channel" if model == "cnn" else "feature")
+
+
+def test_resume_from_an_interrupted_runs_snapshot(tmp_path):
+    """An interrupted run leaves RUN.snapshot (state after each epoch); --resume continues from it."""
+    import shutil
+
+    common = dict(model="mlp", dataset="wine", schedule="none", patience=0, seed=2)
+    train(TrainConfig(**common, epochs=4, out=str(tmp_path / "straight")))
+    train(TrainConfig(**common, epochs=2, out=str(tmp_path / "early")))
+    snap = (
+        tmp_path / "cut.snapshot"
+    )  # what the epoch-2 snapshot of an interrupted 4-epoch run holds
+    snap.mkdir()
+    for f in ("training_state.json", "training_state.safetensors"):
+        shutil.copy(tmp_path / "early" / f, snap / f)
+    train(TrainConfig(epochs=4, out=str(tmp_path / "cut")), resume=snap)
+    a = load_file(str(tmp_path / "straight" / "training_state.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "training_state.safetensors"))
+    for k in a:
+        if k.startswith("model."):
+            torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
