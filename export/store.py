@@ -3,13 +3,12 @@ file verified by sha256 before use. Light on purpose: no torch, no exporter."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nnship.errors import NnshipError
-from nnship.io import verify_file
+from nnship.io import read_record, verify_file
 
 FORMAT = "nnship.package/1"
 MANIFEST = "manifest.json"
@@ -49,15 +48,7 @@ def load_package(ref: str | Path, variants: list[str] | None = None) -> Package:
             raise NnshipError(f"model {ref} is not in the BentoML model store") from e
         except ValueError as e:
             raise NnshipError(f"invalid model tag {ref!r}: {e}") from e
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise NnshipError(f"{mpath}: missing; not an nnship model package")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NnshipError(f"{mpath}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise NnshipError(f"{mpath}: not an nnship package manifest")
+    manifest = read_record(path / MANIFEST, FORMAT, "not an nnship model package")
     for name, entry in manifest["variants"].items():
         if entry.get("shipped") and (variants is None or name in variants):
             verify_file(path / entry["file"], entry["sha256"])

@@ -36,6 +36,21 @@ def verify_file(path: Path, expected: str) -> None:
         )
 
 
+def read_record(path: Path, fmt: str, missing_hint: str) -> dict[str, Any]:
+    """A JSON record file with a `format` field, refused in one line for each way it can be wrong."""
+    from nnship.errors import NnshipError
+
+    if not path.is_file():
+        raise NnshipError(f"{path}: missing ({missing_hint})")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NnshipError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise NnshipError(f"{path}: not an nnship record of format {fmt!r}")
+    return record
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path over path; the temp file never outlives a failure."""
     path = Path(path)

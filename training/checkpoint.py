@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from models import Network, build_model
 from nnship.errors import NnshipError
-from nnship.io import atomic_write, atomic_write_json, sha256_file, verify_file
+from nnship.io import atomic_write, atomic_write_json, read_record, sha256_file, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise NnshipError(f"run directory {run_dir} does not exist")
     path = run_dir / META
-    if not path.is_file():
-        raise NnshipError(f"{path}: missing (not a complete nnship run directory)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NnshipError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise NnshipError(f"{path}: not an nnship checkpoint (format {FORMAT!r} expected)")
+    meta = read_record(path, FORMAT, "not a complete nnship run directory")
     for key in ("architecture", "weights", "input", "output"):
         if key not in meta:
             raise NnshipError(f"{path}: missing field {key!r}")

@@ -26,49 +26,29 @@ COMMON = [
 ]
 
 
+def _train(launcher, data, out, env):
+    cmd = [*launcher, "--dataset", str(data), *COMMON, "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_ddp_two_processes_equal_single_process(tmp_path):
     data = make_npz(
         tmp_path / "d.npz", n=200
     )  # 160 train -> 128 after validation: 4 global batches of 32
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "--dataset",
-            str(data),
-            *COMMON,
-            "--out",
-            str(tmp_path / "single"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    single = _train([sys.executable, "-m", "training"], data, tmp_path / "single", env)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "training",
-            "--dataset",
-            str(data),
-            *COMMON,
-            "--out",
-            str(tmp_path / "ddp"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training",
+    ]
+    ddp = _train(launcher, data, tmp_path / "ddp", env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     a = load_file(str(tmp_path / "single" / "training_state.safetensors"))
     b = load_file(str(tmp_path / "ddp" / "training_state.safetensors"))
