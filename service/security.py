@@ -123,11 +123,9 @@ class Guard:
                 )
                 return
         if infer and self.buckets is not None:
-            client = (
-                headers.get("x-api-key")
-                or headers.get("authorization")
-                or (scope.get("client") or ("-",))[0]
-            )
+            # the address, plus the key once verified: a made-up key header must not buy a fresh bucket
+            addr = (scope.get("client") or ("-",))[0]
+            client = f"{addr}|{given}" if self.key else addr
             wait = self.buckets.take(hashlib.sha256(client.encode()).hexdigest())
             if wait > 0:
                 await self._reply(

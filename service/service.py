@@ -69,7 +69,8 @@ if SETTINGS.bound_metric_paths:
             "/v2/health/ready",
         },
         known_patterns=[
-            rf"^/v2/models/{re.escape(_model_name(SETTINGS.model))}(/versions/[^/]+)?(/ready|/infer)?$",
+            # version paths are left out: a client-chosen version string must not become a label
+            rf"^/v2/models/{re.escape(_model_name(SETTINGS.model))}(/ready|/infer)?$",
             r"^/static_content/",
         ],
     )

@@ -97,3 +97,41 @@ def test_settings_from_env():
         Settings.from_env({"NNSHIP_WORKERS": "two"})
     with pytest.raises(NnshipError, match="NNSHIP_STRICT_RANGE='maybe'"):
         Settings.from_env({"NNSHIP_STRICT_RANGE": "maybe"})
+
+
+def test_made_up_keys_do_not_escape_the_rate_limit():
+    import asyncio
+
+    from service.security import Guard
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = Guard(app, Settings(rate_limit=1, rate_burst=2))
+
+    async def call(i):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(m):
+            sent.append(m)
+
+        headers = [(b"content-type", b"application/json"), (b"x-api-key", f"fake-{i}".encode())]
+        await guard(
+            {
+                "type": "http",
+                "method": "POST",
+                "path": "/predict",
+                "headers": headers,
+                "client": ("10.0.0.1", 1),
+            },
+            receive,
+            send,
+        )
+        return sent[0]["status"]
+
+    codes = asyncio.run(asyncio.wait_for(asyncio.gather(*[call(i) for i in range(5)]), 5))
+    assert codes.count(200) == 2 and codes.count(429) == 3
