@@ -50,6 +50,8 @@ def load_package(ref: str | Path, variants: list[str] | None = None) -> Package:
             raise NnshipError(f"invalid model tag {ref!r}: {e}") from e
     manifest = read_record(path / MANIFEST, FORMAT, "not an nnship model package")
     for name, entry in manifest["variants"].items():
+        if Path(entry.get("file", "")).name != entry.get("file"):
+            raise NnshipError(f"{path / MANIFEST}: variant {name} names a file outside the package")
         if entry.get("shipped") and (variants is None or name in variants):
             verify_file(path / entry["file"], entry["sha256"])
     return Package(path, manifest)

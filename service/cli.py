@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 
 from export.store import load_package
 from nnship.errors import NnshipError
@@ -18,46 +19,51 @@ SERVICE = "service.service:NnshipService"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = Settings()
+    """Flags override the NNSHIP_* variables only when given (defaults: README's settings table)."""
     p.add_argument(
         "model", help="MODEL[:VERSION] in the BentoML model store (or a package directory)"
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--variant", help="auto (the package's choice) or a variant name")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=int, help="intra-op threads per worker (0: cores / workers)")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-wait-ms", type=float)
+    p.add_argument("--max-latency-ms", type=int)
+    p.add_argument("--max-rows", type=int)
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--api-key-env", help="variable holding the API key (unset or empty: no auth)")
     p.add_argument(
-        "--variant", default=d.variant, help="auto (the package's choice) or a variant name"
+        "--protect-all",
+        action="store_true",
+        default=None,
+        help="require the key for health and metrics too",
     )
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--rate-limit", type=float, help="requests/s per client (0: off)")
+    p.add_argument("--max-concurrency", type=int)
+    p.add_argument("--timeout-s", type=float)
     p.add_argument(
-        "--threads", type=int, default=d.threads, help="intra-op threads per worker (0: auto)"
-    )
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    p.add_argument("--max-latency-ms", type=int, default=d.max_latency_ms)
-    p.add_argument("--max-rows", type=int, default=d.max_rows)
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument(
-        "--api-key-env", default=d.api_key_env, help="variable holding the API key (unset: no auth)"
-    )
-    p.add_argument(
-        "--protect-all", action="store_true", help="require the key for health and metrics too"
+        "--strict-range",
+        action="store_true",
+        default=None,
+        help="reject inputs outside the training range",
     )
     p.add_argument(
-        "--rate-limit", type=float, default=d.rate_limit, help="requests/s per client (0: off)"
+        "--require-gpu",
+        action="store_true",
+        default=None,
+        help="fail unless CUDA really runs the model",
     )
-    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
-    p.add_argument("--timeout-s", type=float, default=d.timeout_s)
-    p.add_argument(
-        "--strict-range", action="store_true", help="reject inputs outside the training range"
-    )
-    p.add_argument(
-        "--require-gpu", action="store_true", help="fail unless CUDA really runs the model"
-    )
-    p.add_argument("--tensorrt", action="store_true", help="try TensorRT before CUDA")
+    p.add_argument("--tensorrt", action="store_true", default=None, help="try TensorRT before CUDA")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    values = {k: getattr(args, k) for k in Settings.__dataclass_fields__ if hasattr(args, k)}
-    return Settings(**{**Settings.from_env().__dict__, **values})
+    """The environment's settings, with the flags that were given on top."""
+    given = {
+        k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__ and v is not None
+    }
+    return replace(Settings.from_env(), **given)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         while proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                req = urllib.request.Request(
+                    f"{url}/readyz", headers={"x-api-key": settings.api_key()}
+                )
+                with urllib.request.urlopen(req, timeout=1) as r:
                     if r.status == 200:
                         break
             except OSError:

@@ -117,7 +117,7 @@ async def infer(request: Request) -> Response:
     try:
         try:
             body = json.loads(body_bytes, parse_constant=_reject_constant)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over-long ints, deep nesting
             raise RequestError(
                 400, "malformed", [], "json", f"the body is not valid JSON: {e}"
             ) from None
@@ -142,6 +142,10 @@ async def infer(request: Request) -> Response:
         return svc.overloaded(rid)
     except Exception:
         return svc.failure(rid)
+    try:
+        svc.check_output(out)
+    except RequestError as e:
+        return svc.reject(e, rid)
     answer = svc.answer(x, out, flagged, counts)
     tensors = {"output": out.astype(np.float32)}
     if svc.classification:

@@ -48,7 +48,7 @@ def install(known: Iterable[str], known_patterns: Iterable[str] = ()) -> None:
             if (
                 scope["type"].startswith("http")
                 and path not in paths
-                and not any(p.match(path) for p in patterns)
+                and not any(p.fullmatch(path) for p in patterns)
             ):
                 scope = {**scope, "path": OTHER, "nnship.path": path}
             await super().__call__(scope, receive, send)

@@ -3,6 +3,7 @@ really runs, explicit threads, IO binding on CUDA, and a warm-up over the batch-
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +81,21 @@ class Runtime:
         return sizes
 
 
-def _session(path, settings: Settings, providers: list[str]) -> ort.InferenceSession:
+def _session(
+    package: Package, variant: str, settings: Settings, providers: list[str]
+) -> ort.InferenceSession:
+    """Read the variant once, check those very bytes against the manifest, and load them."""
+    path = package.variant_path(variant)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != package.manifest["variants"][variant]["sha256"]:
+        raise NnshipError(f"{path}: sha256 mismatch; the file was modified or truncated")
     opts = session_options(settings.intra_op_threads, spin=False)
     provider_options = [{"device_id": 0} if p in (CUDA, TENSORRT) else {} for p in providers]
     try:
         return ort.InferenceSession(
-            str(path), opts, providers=providers, provider_options=provider_options
+            data, opts, providers=providers, provider_options=provider_options
         )
-    except (
-        Exception
-    ) as e:  # a corrupt file that still matched its sha256 cannot happen; a bad build can
+    except Exception as e:  # e.g. an operator this onnxruntime build lacks
         raise NnshipError(f"{path.name}: ONNX Runtime cannot load it: {e}") from e
 
 
@@ -106,8 +112,7 @@ def load_runtime(settings: Settings) -> Runtime:
         variant = (
             manifest.get("gpu_variant", "fp32") if gpu_capable else manifest["default_variant"]
         )
-    path = package.variant_path(variant)
-    session = _session(path, settings, wanted)
+    session = _session(package, variant, settings, wanted)
     active = session.get_providers()[0]
     if gpu_capable and active == CPU:
         # onnxruntime falls back to the CPU silently when CUDA libraries are missing: say so loudly
@@ -117,8 +122,7 @@ def load_runtime(settings: Settings) -> Runtime:
         )
         if settings.variant == "auto" and variant != manifest["default_variant"]:
             variant = manifest["default_variant"]
-            path = package.variant_path(variant)
-            session = _session(path, settings, [CPU])
+            session = _session(package, variant, settings, [CPU])
     if settings.require_gpu and active not in (CUDA, TENSORRT):
         why = (
             "no NVIDIA device is visible"

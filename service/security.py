@@ -99,10 +99,11 @@ class Guard:
             if k in WANTED:
                 headers[k.decode()] = v.decode("latin-1")
         rid = headers.get("x-request-id", "")
-        if not REQUEST_ID_RE.match(rid):
+        if not REQUEST_ID_RE.fullmatch(rid):
             rid = os.urandom(12).hex()
-            kept = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
-            scope = {**scope, "headers": [*kept, (b"x-request-id", rid.encode())]}
+        # exactly one x-request-id reaches the app: the checked one
+        kept = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+        scope = {**scope, "headers": [*kept, (b"x-request-id", rid.encode())]}
         method, path = scope["method"], scope["path"]
         infer = is_inference(method, path)
         if self.key and (
@@ -181,7 +182,6 @@ class Guard:
         async def send_wrapper(message):
             nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 hdrs = list(message.get("headers", []))
                 reason = next((v.decode() for k, v in hdrs if k == b"x-nnship-reject"), None)
                 if reason is not None:
@@ -191,6 +191,11 @@ class Guard:
                 if not any(k == b"x-request-id" for k, _ in hdrs):
                     hdrs.append((b"x-request-id", rid.encode()))
                 message = {**message, "headers": hdrs}
+                await send(message)
+                started = (
+                    True  # only once it really went out: the 500 fallback below stays possible
+                )
+                return
             await send(message)
 
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import logging
@@ -71,7 +70,6 @@ if SETTINGS.bound_metric_paths:
         known_patterns=[
             # version paths are left out: a client-chosen version string must not become a label
             rf"^/v2/models/{re.escape(_model_name(SETTINGS.model))}(/ready|/infer)?$",
-            r"^/static_content/",
         ],
     )
 
@@ -196,6 +194,19 @@ class NnshipService:
         return body
 
     @staticmethod
+    def check_output(out: np.ndarray) -> None:
+        """Inputs far outside the training range can overflow the network: say so, do not crash."""
+        if not np.isfinite(out).all():
+            raise RequestError(
+                422,
+                "non_finite_output",
+                ["inputs"],
+                "finite_output",
+                "the model's output is not finite for these inputs (values far outside the "
+                "training range)",
+            )
+
+    @staticmethod
     def reject(e: RequestError, request_id: str = "") -> JSONResponse:
         return JSONResponse(
             {**e.body(), "request_id": request_id},
@@ -236,8 +247,12 @@ class NnshipService:
             out = await self.infer(x)
         except Overloaded:
             return _via_context(ctx, self.overloaded(rid))
-        except (asyncio.CancelledError, Exception):
+        except Exception:
             return _via_context(ctx, self.failure(rid))
+        try:
+            self.check_output(out)
+        except RequestError as e:
+            return _via_context(ctx, self.reject(e, rid))
         return _via_context(ctx, JSONResponse(self.answer(x, out, flagged, counts)))
 
 

@@ -60,11 +60,17 @@ class Settings:
                 raise NnshipError(
                     f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
                 ) from e
-        s = cls(**values)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
         for name in ("workers", "max_batch_size", "max_rows", "max_body_bytes", "max_latency_ms"):
-            if getattr(s, name) < 1:
-                raise NnshipError(f"{PREFIX}{name.upper()} must be at least 1")
-        return s
+            if getattr(self, name) < 1:
+                raise NnshipError(f"{name} ({PREFIX}{name.upper()}) must be at least 1")
+        for name in ("threads", "max_seq_len", "rate_limit", "rate_burst", "max_wait_ms"):
+            if getattr(self, name) < 0:
+                raise NnshipError(f"{name} ({PREFIX}{name.upper()}) must not be negative")
+        if self.timeout_s <= 0:
+            raise NnshipError(f"timeout_s ({PREFIX}TIMEOUT_S) must be positive")
 
     def to_env(self) -> dict[str, str]:
         return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}

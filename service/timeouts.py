@@ -10,6 +10,7 @@ stops the clock once the response has started (BentoML's semantics), and answers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 
@@ -30,9 +31,9 @@ class CancellingTimeout:
                     nonlocal started
                     if not started:
                         started = True
-                        deadline.reschedule(
-                            None
-                        )  # the answer is on its way: no deadline for the body
+                        # the answer is on its way: no deadline for the body (unless already expiring)
+                        with contextlib.suppress(RuntimeError):
+                            deadline.reschedule(None)
                     await send(message)
 
                 await self.app(scope, receive, _send)

@@ -23,6 +23,7 @@ REASONS = (
     "too_many_rows",
     "sequence_length",
     "out_of_range",
+    "non_finite_output",
     "body_too_large",
     "content_type",
     "unauthorized",
@@ -144,6 +145,17 @@ class Validator:
             rows = self.rows.validate_python(value)
         except ValidationError as e:
             raise self._from_pydantic(e, "inputs") from None
+        if self.sequence:
+            lengths = {len(r) for r in rows}
+            if len(lengths) > 1:
+                raise RequestError(
+                    400,
+                    "sequence_length",
+                    ["inputs"],
+                    "equal_lengths",
+                    f"rows have different sequence lengths {sorted(lengths)}; one request holds "
+                    "sequences of one length",
+                )
         return self._finish(np.asarray(rows, dtype=np.float64), "inputs")
 
     def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
@@ -178,7 +190,16 @@ class Validator:
                 "datatype",
                 f"datatype {t.get('datatype')!r} is not accepted; send FP32",
             )
-        if (t.get("parameters") or {}).get("binary_data_size") is not None:
+        params = t.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise RequestError(
+                400,
+                "malformed",
+                ["inputs", 0, "parameters"],
+                "object_required",
+                "parameters must be a JSON object",
+            )
+        if (params or {}).get("binary_data_size") is not None:
             raise RequestError(
                 400,
                 "unsupported",

@@ -217,6 +217,22 @@ def test_open_inference_protocol_with_tritonclient(server, iris_package):
             400,
             "json_data_only",
         ),
+        (
+            "/v2/models/iris-served/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 4],
+                        "datatype": "FP32",
+                        "data": ROW,
+                        "parameters": [1],
+                    }
+                ]
+            },
+            400,
+            "object_required",
+        ),
         ("/v2/models/other/infer", {"inputs": []}, 404, None),
     ],
 )
@@ -262,7 +278,10 @@ def test_metrics_families_move_and_stay_bounded(server):
     rng = random.Random(0)
     with httpx.Client() as c:
         for _ in range(1000):
-            c.get(f"{url}/{''.join(rng.choices(string.ascii_lowercase, k=12))}")
+            prefix = rng.choice(
+                ["", "static_content/", "v2/models/", "v2/models/iris-served/versions/"]
+            )
+            c.get(f"{url}/{prefix}{''.join(rng.choices(string.ascii_lowercase, k=12))}")
     grown = sum(len(f.samples) for f in metrics(url).values())
     assert grown - series < 30, (
         series,
@@ -342,3 +361,20 @@ def test_loadtest_slo_gate(server):
         [*base, "--slo-p99-ms", "0.001"], capture_output=True, text=True, timeout=120
     )
     assert strict.returncode == 1 and "FAIL" in strict.stdout
+
+
+def test_hostile_bodies_get_4xx_never_5xx(server):
+    url, _ = server
+    infer = f"{url}/v2/models/iris-served/infer"
+    deep = "[" * 50000 + "]" * 50000
+    for target, raw in (
+        (infer, deep),
+        (infer, '{"inputs": [' + "9" * 5000 + "]}"),
+        (f"{url}/predict", deep),
+    ):
+        r = httpx.post(target, content=raw, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (target, r.status_code, r.text[:200])
+    r = post(url, {"inputs": [[3e38, 3e38, 3e38, 3e38]]})
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 422:
+        assert r.json()["detail"][0]["type"] == "finite_output"

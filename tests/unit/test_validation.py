@@ -138,3 +138,72 @@ def test_made_up_keys_do_not_escape_the_rate_limit():
 
     codes = asyncio.run(main())
     assert codes.count(200) == 2 and codes.count(429) == 3
+
+
+def test_ragged_sequences_rejected():
+    assert rule(SEQ.predict_inputs, [[[0, 0, 0]] * 5, [[0, 0, 0]] * 6])[:3] == (
+        400,
+        "sequence_length",
+        "equal_lengths",
+    )
+
+
+def test_v2_parameters_must_be_an_object():
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": [1, 1, 3],
+                "data": [0, 0, 0],
+                "parameters": [1],
+            }
+        ]
+    }
+    assert rule(SEQ.v2_inputs, body)[:3] == (400, "malformed", "object_required")
+
+
+def test_flags_override_environment_only_when_given(monkeypatch):
+    import argparse
+
+    from service.cli import add_arguments, settings_from_args
+
+    monkeypatch.setenv("NNSHIP_PROTECT_ALL", "true")
+    monkeypatch.setenv("NNSHIP_RATE_LIMIT", "5")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    s = settings_from_args(p.parse_args(["m"]))
+    assert s.protect_all and s.rate_limit == 5 and s.model == "m"
+    assert settings_from_args(p.parse_args(["m", "--rate-limit", "2"])).rate_limit == 2
+    from nnship.errors import NnshipError
+
+    with pytest.raises(NnshipError, match="max_batch_size"):
+        settings_from_args(p.parse_args(["m", "--max-batch-size", "0"]))
+
+
+def test_one_checked_request_id_reaches_the_app():
+    import asyncio
+
+    from service.security import Guard
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append([v for k, v in scope["headers"] if k == b"x-request-id"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main():
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(m):
+            pass
+
+        headers = [(b"x-request-id", b"bad id!"), (b"x-request-id", b"good-id")]
+        await Guard(app, Settings())(
+            {"type": "http", "method": "GET", "path": "/livez", "headers": headers}, receive, send
+        )
+
+    asyncio.run(main())
+    assert len(seen[0]) == 1 and seen[0][0] == b"good-id"
