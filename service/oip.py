@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.batching import Overloaded
+from service.security import REQUEST_ID
 from service.validation import RequestError
 
 
@@ -112,7 +113,7 @@ async def infer(request: Request) -> Response:
     svc, err = _service_or_error(request)
     if err:
         return err
-    rid = request.headers.get("x-request-id", "")
+    rid = REQUEST_ID.get()
     body_bytes = await request.body()
     try:
         try:

@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 
 from service import metrics
 from service.settings import Settings
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 INFER_RE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_CLIENTS = 10_000
+REQUEST_ID: ContextVar[str] = ContextVar(
+    "nnship_request_id", default=""
+)  # set for the handlers below
 WANTED = frozenset(
     {b"x-request-id", b"authorization", b"x-api-key", b"content-type", b"content-length"}
 )
@@ -198,6 +202,7 @@ class Guard:
                 return
             await send(message)
 
+        token = REQUEST_ID.set(rid)
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
@@ -215,6 +220,8 @@ class Guard:
                     }
                 )
                 await send({"type": "http.response.body", "body": body})
+        finally:
+            REQUEST_ID.reset(token)
 
 
 def _replay(body: bytes, receive):

@@ -22,7 +22,7 @@ from service import metrics, pathlabels, timeouts
 from service.batching import AdaptiveBatcher, Overloaded
 from service.oip import STATE, oip_app
 from service.runtime import Runtime, load_runtime
-from service.security import Guard
+from service.security import REQUEST_ID, Guard
 from service.settings import Settings
 from service.validation import RequestError, Validator
 
@@ -234,35 +234,25 @@ class NnshipService:
     async def predict(
         self,
         inputs: Annotated[list, Field(description="rows shaped [N, *input_shape], numbers only")],
-        ctx: bentoml.Context,
     ) -> dict[str, Any]:
         """Predict labels and probabilities (classification) or values (regression) for N rows."""
-        rid = ctx.request.headers.get("x-request-id", "")
+        rid = REQUEST_ID.get()
         try:
             x = self.validator.predict_inputs(inputs)
             flagged, counts = self.validator.out_of_range(x)
         except RequestError as e:
-            return _via_context(ctx, self.reject(e, rid))
+            return self.reject(e, rid)
         try:
             out = await self.infer(x)
         except Overloaded:
-            return _via_context(ctx, self.overloaded(rid))
+            return self.overloaded(rid)
         except Exception:
-            return _via_context(ctx, self.failure(rid))
+            return self.failure(rid)
         try:
             self.check_output(out)
         except RequestError as e:
-            return _via_context(ctx, self.reject(e, rid))
-        return _via_context(ctx, JSONResponse(self.answer(x, out, flagged, counts)))
-
-
-def _via_context(ctx: bentoml.Context, response: JSONResponse) -> Any:
-    """BentoML copies the context's status and headers onto an API's response: set them there."""
-    ctx.response.status_code = response.status_code
-    for k, v in response.headers.items():
-        if k.lower() not in ("content-length", "content-type"):
-            ctx.response.metadata[k] = v
-    return response
+            return self.reject(e, rid)
+        return JSONResponse(self.answer(x, out, flagged, counts))
 
 
 NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)
