@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.batching import Overloaded
 from service.security import REQUEST_ID
 from service.validation import RequestError
 
@@ -137,16 +136,9 @@ async def infer(request: Request) -> Response:
             )
     except RequestError as e:
         return svc.reject(e, rid)
-    try:
-        out = await svc.infer(x)
-    except Overloaded:
-        return svc.overloaded(rid)
-    except Exception:
-        return svc.failure(rid)
-    try:
-        svc.check_output(out)
-    except RequestError as e:
-        return svc.reject(e, rid)
+    out, refusal = await svc.infer_checked(x, rid)
+    if refusal is not None:
+        return refusal
     answer = svc.answer(x, out, flagged, counts)
     tensors = {"output": out.astype(np.float32)}
     if svc.classification:

@@ -159,6 +159,22 @@ class NnshipService:
         self._batch_rows.observe(len(x))
         return out
 
+    async def infer_checked(
+        self, x: np.ndarray, rid: str
+    ) -> tuple[np.ndarray, JSONResponse | None]:
+        """Inference through the batcher, with its failures already turned into responses."""
+        try:
+            out = await self.infer(x)
+        except Overloaded:
+            return x, self.overloaded(rid)
+        except Exception:
+            return x, self.failure(rid)
+        try:
+            self.check_output(out)
+        except RequestError as e:
+            return x, self.reject(e, rid)
+        return out, None
+
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Through the adaptive batcher; raises Overloaded when the request would be too late."""
         return await self._batched(x)
@@ -242,16 +258,9 @@ class NnshipService:
             flagged, counts = self.validator.out_of_range(x)
         except RequestError as e:
             return self.reject(e, rid)
-        try:
-            out = await self.infer(x)
-        except Overloaded:
-            return self.overloaded(rid)
-        except Exception:
-            return self.failure(rid)
-        try:
-            self.check_output(out)
-        except RequestError as e:
-            return self.reject(e, rid)
+        out, refusal = await self.infer_checked(x, rid)
+        if refusal is not None:
+            return refusal
         return JSONResponse(self.answer(x, out, flagged, counts))
 
 
