@@ -84,12 +84,12 @@ def store_home() -> Path:
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
 
 
-def _load_data(meta: dict[str, Any]):
+def _load_splits(meta: dict[str, Any]):
     src, train_cfg = meta["dataset"], meta.get("training", {})
     ds = load_dataset(src["source"], train_cfg.get("target"), train_cfg.get("task", "auto"))
     if ds.fingerprint() != src["sha256"]:
         raise NnshipError(f"data set {src['source']} changed since training (sha256 differs)")
-    return ds, split(ds, val_size=train_cfg.get("val_fraction", 0.15))
+    return split(ds, val_size=train_cfg.get("val_fraction", 0.15))
 
 
 def _metric(task: str, outputs: np.ndarray, y: np.ndarray) -> tuple[str, float, dict[str, float]]:
@@ -109,7 +109,7 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
     check_writable(out.parent, "output directory")
     if opts.store:
         check_writable(store_home(), "BentoML model store")
-    _, sp = _load_data(meta)
+    sp = _load_splits(meta)
     threads = opts.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     task = meta["output"]["task"]
@@ -135,7 +135,7 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
         raw = Path(work) / "raw.onnx"
         exporter = export_onnx(model, raw, onnx_meta)
         progress.done("export")
-        torch_out = None
+        torch_out = run_torch(model, sp.x_test)
         sessions: dict[str, Any] = {}
         for v in variants:
             path = tmp / f"{v}.onnx"
@@ -169,8 +169,6 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
             )
             outputs = run_session(session, sp.x_test)
             key, value, full = _metric(task, outputs, sp.y_test)
-            if torch_out is None:
-                torch_out = run_torch(model, sp.x_test)
             if classification:
                 agreement = float((outputs.argmax(1) == torch_out.argmax(1)).mean())
             else:

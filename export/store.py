@@ -14,6 +14,11 @@ FORMAT = "nnship.package/1"
 MANIFEST = "manifest.json"
 
 
+def takes_sequences(manifest: dict[str, Any]) -> bool:
+    """Whether the package's model takes (T, F) sequences of any length (its export says so)."""
+    return "sequence" in manifest.get("exporter", {}).get("dynamic_axes", [])
+
+
 @dataclass
 class Package:
     """A model package on disk whose every file has been verified against the manifest."""

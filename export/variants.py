@@ -20,7 +20,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.onnx_export import check_model, set_metadata
+from export.onnx_export import check_model, read_metadata, set_metadata
 from export.runtime import CPU, session_options
 from nnship.io import atomic_write
 
@@ -42,14 +42,10 @@ class _Calibration(CalibrationDataReader):
         return None if nxt is None else {"input": nxt}
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def _finish(tmp: Path, source: Path) -> None:
     """Carry the source's metadata into a derived model, save it single-file, and check it."""
     proto = onnx.load(str(tmp))
-    set_metadata(proto, _metadata(source))
+    set_metadata(proto, read_metadata(source))
     onnx.save_model(proto, str(tmp), save_as_external_data=False)
     check_model(tmp)
 

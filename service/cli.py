@@ -11,7 +11,7 @@ import time
 import urllib.request
 from dataclasses import replace
 
-from export.store import load_package
+from export.store import load_package, takes_sequences
 from nnship.errors import NnshipError
 from service.settings import Settings
 
@@ -68,7 +68,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    load_package(settings.model)  # one-line refusal of a missing, tampered or truncated package
+    package = load_package(
+        settings.model
+    )  # one-line refusal of a missing, tampered or truncated file
     env = {**os.environ, **settings.to_env(), "BENTOML_DO_NOT_TRACK": "true"}
     cmd = [
         sys.executable,
@@ -99,24 +101,23 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"\nnnship: serving {settings.model} at {url} (OpenAPI: {url}/docs.json, metrics: {url}/metrics)"
         )
-        print("try:  " + example_curl(url, settings.model), flush=True)
+        print("try:  " + example_curl(url, package.manifest, settings), flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         return proc.wait()
 
 
-def example_curl(url: str, model: str) -> str:
-    pkg = load_package(model)
-    shape = pkg.manifest["input"]["shape"]
-    stats = pkg.manifest["input"]["stats"]
+def example_curl(url: str, manifest: dict, settings: Settings) -> str:
+    """A curl line with one typical row: each feature's training-split median."""
     import numpy as np
 
-    row = np.array([s["quantiles"]["q50"] for s in stats])
-    if pkg.manifest["family"] in ("rnn", "lstm", "gru"):
+    shape = manifest["input"]["shape"]
+    row = np.array([s["quantiles"]["q50"] for s in manifest["input"]["stats"]])
+    if takes_sequences(manifest):  # stats are per feature: repeat them over the time steps
         row = np.tile(row, (shape[0], 1))
     example = np.round(row.reshape(shape), 3).tolist()
-    key = ' -H "Authorization: Bearer $NNSHIP_API_KEY"' if Settings.from_env().api_key() else ""
+    key = f' -H "Authorization: Bearer ${settings.api_key_env}"' if settings.api_key() else ""
     return (
         f"curl -s -X POST {url}/predict -H 'Content-Type: application/json'{key} "
         f"-d '{{\"inputs\": [{example}]}}'"

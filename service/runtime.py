@@ -103,7 +103,8 @@ def load_runtime(settings: Settings) -> Runtime:
     """Verify the package, pick the variant and provider, and prove which provider really runs."""
     available = ort.get_available_providers()
     wanted = wanted_providers(settings, available)
-    package = load_package(settings.model, variants=None)
+    # the package's manifest now; each variant's bytes are hashed as _session loads them
+    package = load_package(settings.model, variants=[])
     manifest = package.manifest
     gpu_capable = wanted[0] != CPU
     if settings.variant != "auto":

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
+from export.store import takes_sequences
+
 F32_MAX = float(np.finfo(np.float32).max)
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -71,7 +73,7 @@ class Validator:
     ):
         spec = manifest["input"]
         self.shape = tuple(spec["shape"])
-        self.sequence = "sequence" in manifest.get("exporter", {}).get("dynamic_axes", [])
+        self.sequence = takes_sequences(manifest)
         self.max_rows = max_rows
         self.max_seq = max_seq_len or 4 * self.shape[0] if self.sequence else 0
         self.strict_range = strict_range

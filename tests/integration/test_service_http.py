@@ -164,75 +164,26 @@ def test_open_inference_protocol_with_tritonclient(server, iris_package):
     np.testing.assert_allclose(probs, ref, atol=1e-5)
 
 
+INFER = "/v2/models/iris-served/infer"
+
+
+def tensor(**overrides):
+    """A v2 request body with one valid iris tensor, changed by `overrides`."""
+    return {
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW, **overrides}]
+    }
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "rule"),
     [
-        (
-            "/v2/models/iris-served/infer",
-            {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": ROW}]},
-            400,
-            "datatype",
-        ),
-        (
-            "/v2/models/iris-served/infer",
-            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]},
-            400,
-            "input_name",
-        ),
-        (
-            "/v2/models/iris-served/infer",
-            {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": ROW}]},
-            400,
-            "size_matches_shape",
-        ),
-        (
-            "/v2/models/iris-served/infer",
-            {"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [*ROW, 1]}]},
-            400,
-            "shape",
-        ),
-        (
-            "/v2/models/iris-served/infer",
-            {
-                "inputs": [
-                    {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, False, 4]}
-                ]
-            },
-            400,
-            "number_required",
-        ),
-        (
-            "/v2/models/iris-served/infer",
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": [1, 4],
-                        "datatype": "FP32",
-                        "data": ROW,
-                        "parameters": {"binary_data_size": 16},
-                    }
-                ]
-            },
-            400,
-            "json_data_only",
-        ),
-        (
-            "/v2/models/iris-served/infer",
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": [1, 4],
-                        "datatype": "FP32",
-                        "data": ROW,
-                        "parameters": [1],
-                    }
-                ]
-            },
-            400,
-            "object_required",
-        ),
+        (INFER, tensor(datatype="FP64"), 400, "datatype"),
+        (INFER, tensor(name="x"), 400, "input_name"),
+        (INFER, tensor(shape=[2, 4]), 400, "size_matches_shape"),
+        (INFER, tensor(shape=[1, 5], data=[*ROW, 1]), 400, "shape"),
+        (INFER, tensor(data=[1, 2, False, 4]), 400, "number_required"),
+        (INFER, tensor(parameters={"binary_data_size": 16}), 400, "json_data_only"),
+        (INFER, tensor(parameters=[1]), 400, "object_required"),
         ("/v2/models/other/infer", {"inputs": []}, 404, None),
     ],
 )
