@@ -28,6 +28,19 @@ def session_options(threads: int, level: str = "all", spin: bool = True) -> ort.
     return so
 
 
+def batch_coupled_ops(model: bytes) -> list[str]:
+    """Operators in a serialized ONNX model that make a row's output depend on the other rows of
+    its batch: dynamic quantization derives one scale and zero point from the whole input tensor
+    (DynamicQuantizeLinear and its fused forms), so a row's answer moves with its batch-mates."""
+    import onnx
+
+    proto = onnx.load_model_from_string(model)
+    ops = {n.op_type for n in proto.graph.node}
+    for f in proto.functions:
+        ops.update(n.op_type for n in f.node)
+    return sorted(op for op in ops if op.startswith("DynamicQuantize"))
+
+
 def cpu_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     threads = threads or os.cpu_count() or 1
     return ort.InferenceSession(str(path), session_options(threads), providers=[CPU])

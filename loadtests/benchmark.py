@@ -28,6 +28,7 @@ from loadtests.rows import predict_bodies
 from nnship.io import atomic_write
 
 CONCURRENCY = (1, 16, 64)
+SERVERS = ("nnship", "nnship-bentoml-route", "naive", "echo")
 HEAVY_CONFIG = {"hidden": [3072, 3072, 3072], "batch_norm": False, "dropout": 0.0}  # ~2 ms a row
 
 
@@ -116,6 +117,16 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
     }
 
 
+def measure(url: str, script: Path, connections: int, seconds: int, pids: list[int]) -> dict:
+    """wrk's figures plus the server processes' CPU time per answered request (user + system)."""
+    before = sum(_cpu_ticks(p) for p in pids)
+    r = run_wrk(url, script, connections, seconds)
+    used = (sum(_cpu_ticks(p) for p in pids) - before) / os.sysconf("SC_CLK_TCK")
+    r["cpu_us_per_request"] = used / max(r["rps"] * seconds, 1) * 1e6
+    r["cpu_cores"] = used / seconds
+    return r
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(
         ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
@@ -168,12 +179,19 @@ BUCKETS = [
     ("ONNX Runtime inference", ("onnxruntime", "runtime.py:run")),
     ("nnship validation", ("validation.py",)),
     ("nnship answer building / metrics", ("service.py:answer", "prometheus_client")),
-    ("adaptive batching (CorkDispatcher)", ("dispatcher.py",)),
+    ("adaptive batching", ("batching.py", "dispatcher.py")),
     ("pydantic / BentoML request parsing", ("io_models.py", "pydantic", "serde.py")),
     ("JSON encoding and response", ("json", "responses.py")),
     (
         "BentoML / Starlette / OpenTelemetry middleware",
-        ("_bentoml_impl", "bentoml/_internal", "starlette", "opentelemetry", "security.py"),
+        (
+            "_bentoml_impl",
+            "bentoml/_internal",
+            "starlette",
+            "opentelemetry",
+            "security.py",
+            "endpoint.py",
+        ),
     ),
     ("uvicorn / asyncio / HTTP parsing", ("uvicorn", "asyncio", "h11", "httptools", "selectors")),
 ]
@@ -221,7 +239,9 @@ def prepare_models(home: Path) -> dict[str, str]:
     return {"digits-cnn": "digits", "digits-heavy": "digits"}
 
 
-def bench_model(model: str, dataset: str, home: Path, seconds: int, work: Path) -> dict:
+def bench_model(
+    model: str, dataset: str, home: Path, seconds: int, work: Path, compare_routes: bool = False
+) -> dict:
     bodies = predict_bodies(dataset, 64)
     script = _lua(bodies, work / f"{model}.lua")
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "_PROBE": bodies[0]}
@@ -239,6 +259,24 @@ def bench_model(model: str, dataset: str, home: Path, seconds: int, work: Path) 
                 "{port}",
             ],
             {"NNSHIP_MODEL": f"{model}:latest", "NNSHIP_WORKERS": "1"},
+            "/readyz",
+        ),
+        # the same service with /predict through BentoML's API layer: what the ASGI endpoint saves
+        "nnship-bentoml-route": (
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "service.service:NnshipService",
+                "--port",
+                "{port}",
+            ],
+            {
+                "NNSHIP_MODEL": f"{model}:latest",
+                "NNSHIP_WORKERS": "1",
+                "NNSHIP_PREDICT_ROUTE": "bentoml",
+            },
             "/readyz",
         ),
         "naive": (
@@ -262,6 +300,8 @@ def bench_model(model: str, dataset: str, home: Path, seconds: int, work: Path) 
             "/predict",
         ),
     }
+    if not compare_routes:
+        del servers["nnship-bentoml-route"]
     for name, (cmd, extra, ready) in servers.items():
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
@@ -269,7 +309,8 @@ def bench_model(model: str, dataset: str, home: Path, seconds: int, work: Path) 
             [c.replace("{port}", str(port)) for c in cmd], {**env, **extra}, url, ready
         ) as proc:
             run_wrk(url, script, 16, 2)  # warm the path
-            results[name] = {c: run_wrk(url, script, c, seconds) for c in CONCURRENCY}
+            pids = [proc.pid, *_children(proc.pid)]
+            results[name] = {c: measure(url, script, c, seconds, pids) for c in CONCURRENCY}
             if name == "nnship":
                 results[name]["profile"] = profile(proc.pid, url, script, max(6, seconds), work)
                 metrics = httpx.get(f"{url}/metrics").text
@@ -295,14 +336,17 @@ def bench_model(model: str, dataset: str, home: Path, seconds: int, work: Path) 
 
 
 def render(all_results: dict, seconds: int) -> tuple[str, bool]:
-    lines = ["| model | server | clients | req/s | p50 ms | p99 ms | errors |", "| --- " * 7 + "|"]
+    lines = [
+        "| model | server | clients | req/s | p50 ms | p99 ms | errors | server CPU µs / request |",
+        "| --- " * 8 + "|",
+    ]
     for model, res in all_results.items():
-        for server in ("nnship", "naive", "echo"):
+        for server in [s for s in SERVERS if s in res]:
             for c in CONCURRENCY:
                 r = res[server][c]
                 lines.append(
                     f"| {model} | {server} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                    f"| {r['errors']} |"
+                    f"| {r['errors']} | {r['cpu_us_per_request']:,.0f} |"
                 )
     d, h = all_results["digits-cnn"], all_results["digits-heavy"]
     checks = [
@@ -357,6 +401,15 @@ def render(all_results: dict, seconds: int) -> tuple[str, bool]:
             "",
             *lines,
             "",
+            "`nnship-bentoml-route` is the same service with `NNSHIP_PREDICT_ROUTE=bentoml`: /predict through "
+            "BentoML's router and per-API layer instead of nnship's ASGI endpoint (`service/endpoint.py`), which "
+            "answers it behind BentoML's traffic metrics, concurrency limit and timeout and nnship's guard. At 64 "
+            f"clients: {d['nnship'][64]['rps']:,.0f} vs {d['nnship-bentoml-route'][64]['rps']:,.0f} req/s, "
+            f"{d['nnship'][64]['cpu_us_per_request']:,.0f} vs "
+            f"{d['nnship-bentoml-route'][64]['cpu_us_per_request']:,.0f} µs of server CPU per request "
+            f"(naive: {d['naive'][64]['cpu_us_per_request']:,.0f} µs, echo: "
+            f"{d['echo'][64]['cpu_us_per_request']:,.0f} µs).",
+            "",
             "Serving choices behind these figures: nnship's own adaptive batcher (dispatch as soon as the model is "
             "free, no polling), ONNX Runtime without thread spinning (idle pool threads busy-waiting stole the event "
             "loop's core), a request timeout that cancels its timer (BentoML's leaves one per request on the loop), "
@@ -384,7 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home, work = Path(tmp) / "bentoml", Path(tmp)
         models = prepare_models(home)
-        results = {m: bench_model(m, ds, home, args.duration, work) for m, ds in models.items()}
+        results = {
+            m: bench_model(m, ds, home, args.duration, work, compare_routes=m == "digits-cnn")
+            for m, ds in models.items()
+        }
     text, ok = render(results, args.duration)
     print(text)
     report = Path(args.report)

@@ -4,12 +4,18 @@ One consumer task runs inference on everything queued (up to `max_batch_size` ro
 shape) as soon as the previous batch is done, so a lone request never waits and a crowd is served in
 large batches. `max_wait_ms` optionally holds a small batch back to gather more; a request that has
 waited longer than `max_latency_ms` is shed with Overloaded (the service answers 503).
+
+With `concatenate=False` (a model whose rows influence each other's outputs, such as dynamic int8
+quantization with one activation scale per input tensor) the queued requests still go to the worker
+thread together, but each runs as its own inference call, so an answer is the one the request would
+get alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +42,10 @@ class AdaptiveBatcher:
         max_batch_size: int,
         max_latency_ms: float,
         max_wait_ms: float = 0.0,
+        concatenate: bool = True,
     ):
         self.infer = infer
+        self.concatenate = concatenate
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000
         self.max_wait = max_wait_ms / 1000
@@ -88,17 +96,34 @@ class AdaptiveBatcher:
                 for job in jobs:
                     by_shape[job.x.shape[1:]].append(job)
                 for group in by_shape.values():
-                    x = np.concatenate([j.x for j in group]) if len(group) > 1 else group[0].x
-                    try:
-                        out = await loop.run_in_executor(self._executor, self.infer, x)
-                    except Exception as e:
-                        for j in group:
-                            if not j.future.done():
-                                j.future.set_exception(e)
-                        continue
-                    start = 0
-                    for j in group:
-                        n = len(j.x)
-                        if not j.future.done():
-                            j.future.set_result(out[start : start + n])
-                        start += n
+                    if self.concatenate:
+                        outs = await loop.run_in_executor(self._executor, self._joined, group)
+                    else:
+                        outs = await loop.run_in_executor(self._executor, self._each, group)
+                    for j, out in zip(group, outs, strict=True):
+                        if j.future.done():
+                            continue
+                        if isinstance(out, Exception):
+                            j.future.set_exception(out)
+                        else:
+                            j.future.set_result(out)
+
+    def _joined(self, group: list[_Job]) -> list[np.ndarray | Exception]:
+        """One inference over the group's rows, split back per request (in the worker thread)."""
+        x = np.concatenate([j.x for j in group]) if len(group) > 1 else group[0].x
+        try:
+            out = self.infer(x)
+        except Exception as e:
+            return [e] * len(group)
+        bounds = np.cumsum([0, *(len(j.x) for j in group)])
+        return [out[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def _each(self, group: list[_Job]) -> list[np.ndarray | Exception]:
+        """One inference per request (in the worker thread)."""
+        outs: list[np.ndarray | Exception] = []
+        for j in group:
+            try:
+                outs.append(self.infer(j.x))
+            except Exception as e:
+                outs.append(e)
+        return outs

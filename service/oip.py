@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.security import REQUEST_ID
-from service.validation import RequestError
+from service.validation import RequestError, parse_json
 
 
 class _State:
@@ -115,12 +115,7 @@ async def infer(request: Request) -> Response:
     rid = REQUEST_ID.get()
     body_bytes = await request.body()
     try:
-        try:
-            body = json.loads(body_bytes, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over-long ints, deep nesting
-            raise RequestError(
-                400, "malformed", [], "json", f"the body is not valid JSON: {e}"
-            ) from None
+        body = parse_json(body_bytes, parse_constant=_reject_constant)
         x, wanted = svc.validator.v2_inputs(body)
         flagged, counts = svc.validator.out_of_range(x)
         available = ["output", "probabilities"] if svc.classification else ["output"]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime import CPU, session_options
+from export.runtime import CPU, batch_coupled_ops, session_options
 from export.store import Package, load_package
 from nnship.errors import NnshipError
 from service.settings import Settings
@@ -52,6 +52,12 @@ class Runtime:
     session: ort.InferenceSession
     threads: int
     sha256: str
+    coupled_ops: tuple[str, ...] = ()  # operators that tie a row's output to its batch-mates
+
+    @property
+    def batch_independent(self) -> bool:
+        """True when a row's output does not depend on the other rows run with it."""
+        return not self.coupled_ops
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -83,8 +89,9 @@ class Runtime:
 
 def _session(
     package: Package, variant: str, settings: Settings, providers: list[str]
-) -> ort.InferenceSession:
-    """Read the variant once, check those very bytes against the manifest, and load them."""
+) -> tuple[ort.InferenceSession, tuple[str, ...]]:
+    """Read the variant once, check those very bytes against the manifest, and load them; also
+    the graph's batch-coupling operators."""
     path = package.variant_path(variant)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != package.manifest["variants"][variant]["sha256"]:
@@ -92,11 +99,12 @@ def _session(
     opts = session_options(settings.intra_op_threads, spin=False)
     provider_options = [{"device_id": 0} if p in (CUDA, TENSORRT) else {} for p in providers]
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             data, opts, providers=providers, provider_options=provider_options
         )
     except Exception as e:  # e.g. an operator this onnxruntime build lacks
         raise NnshipError(f"{path.name}: ONNX Runtime cannot load it: {e}") from e
+    return session, tuple(batch_coupled_ops(data))
 
 
 def load_runtime(settings: Settings) -> Runtime:
@@ -113,7 +121,7 @@ def load_runtime(settings: Settings) -> Runtime:
         variant = (
             manifest.get("gpu_variant", "fp32") if gpu_capable else manifest["default_variant"]
         )
-    session = _session(package, variant, settings, wanted)
+    session, coupled = _session(package, variant, settings, wanted)
     active = session.get_providers()[0]
     if gpu_capable and active == CPU:
         # onnxruntime falls back to the CPU silently when CUDA libraries are missing: say so loudly
@@ -123,7 +131,7 @@ def load_runtime(settings: Settings) -> Runtime:
         )
         if settings.variant == "auto" and variant != manifest["default_variant"]:
             variant = manifest["default_variant"]
-            session = _session(package, variant, settings, [CPU])
+            session, coupled = _session(package, variant, settings, [CPU])
     if settings.require_gpu and active not in (CUDA, TENSORRT):
         why = (
             "no NVIDIA device is visible"
@@ -138,6 +146,7 @@ def load_runtime(settings: Settings) -> Runtime:
         session,
         settings.intra_op_threads,
         manifest["variants"][variant]["sha256"],
+        coupled,
     )
     log.info(
         "serving %s variant %s on %s with %d intra-op threads",
@@ -146,4 +155,11 @@ def load_runtime(settings: Settings) -> Runtime:
         rt.provider,
         rt.threads,
     )
+    if coupled:
+        log.info(
+            "variant %s quantizes activations per batch (%s): each request runs on its own, so an "
+            "answer never depends on the requests batched with it",
+            variant,
+            ", ".join(coupled),
+        )
     return rt

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse
 from nnship.errors import NnshipError
 from service import metrics, pathlabels, timeouts
 from service.batching import AdaptiveBatcher, Overloaded
+from service.endpoint import PredictEndpoint
 from service.oip import STATE, oip_app
 from service.runtime import Runtime, load_runtime
 from service.security import REQUEST_ID, Guard
@@ -104,7 +106,11 @@ class NnshipService:
             m, SETTINGS.max_rows, SETTINGS.max_seq_len, SETTINGS.strict_range, SETTINGS.range_margin
         )
         self._batched = AdaptiveBatcher(
-            self._run, SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.max_wait_ms
+            self._run,
+            SETTINGS.max_batch_size,
+            SETTINGS.max_latency_ms,
+            SETTINGS.max_wait_ms,
+            concatenate=self.runtime.batch_independent,
         )
         metrics.init_reasons()
         metrics.MODEL_INFO.labels(
@@ -246,15 +252,11 @@ class NnshipService:
             headers={"retry-after": "1"},
         )
 
-    @bentoml.api(route="/predict")
-    async def predict(
-        self,
-        inputs: Annotated[list, Field(description="rows shaped [N, *input_shape], numbers only")],
-    ) -> dict[str, Any]:
-        """Predict labels and probabilities (classification) or values (regression) for N rows."""
+    async def respond(self, parse: Callable[[Any], np.ndarray], value: Any) -> JSONResponse:
+        """The /predict answer: validate, flag out-of-range rows, infer through the batcher."""
         rid = REQUEST_ID.get()
         try:
-            x = self.validator.predict_inputs(inputs)
+            x = parse(value)
             flagged, counts = self.validator.out_of_range(x)
         except RequestError as e:
             return self.reject(e, rid)
@@ -263,5 +265,19 @@ class NnshipService:
             return refusal
         return JSONResponse(self.answer(x, out, flagged, counts))
 
+    async def predict_json(self, raw: bytes) -> JSONResponse:
+        """/predict for a raw body, as `service/endpoint.py` receives it."""
+        return await self.respond(self.validator.predict_body, raw)
 
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        inputs: Annotated[list, Field(description="rows shaped [N, *input_shape], numbers only")],
+    ) -> dict[str, Any]:
+        """Predict labels and probabilities (classification) or values (regression) for N rows."""
+        return await self.respond(self.validator.predict_inputs, inputs)
+
+
+# outermost first: the guard checks every request, then /predict is answered without the router
 NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)
+NnshipService.add_asgi_middleware(PredictEndpoint, enabled=SETTINGS.predict_route == "asgi")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from nnship.errors import NnshipError
 
 PREFIX = "NNSHIP_"
+PREDICT_ROUTES = ("asgi", "bentoml")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Settings:
     )
     access_log: bool = False  # BentoML's per-request access log (costly at thousands of requests/s)
     bound_metric_paths: bool = True  # unknown paths share one series in BentoML's request metrics
+    # asgi: POST /predict is answered by nnship's ASGI endpoint in front of BentoML's router (same
+    # contract, about half the per-request cost); bentoml: through BentoML's API layer
+    predict_route: str = "asgi"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -69,6 +73,10 @@ class Settings:
         for name in ("threads", "max_seq_len", "rate_limit", "rate_burst", "max_wait_ms"):
             if getattr(self, name) < 0:
                 raise NnshipError(f"{name} ({PREFIX}{name.upper()}) must not be negative")
+        if self.predict_route not in PREDICT_ROUTES:
+            raise NnshipError(
+                f"predict_route ({PREFIX}PREDICT_ROUTE) must be one of {', '.join(PREDICT_ROUTES)}"
+            )
         if self.timeout_s <= 0:
             raise NnshipError(f"timeout_s ({PREFIX}TIMEOUT_S) must be positive")
 

@@ -3,6 +3,7 @@ in a way that changes a value (pydantic strict mode, not BentoML's converting nu
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
@@ -58,6 +59,16 @@ class RequestError(Exception):
             "error": f"{field}: {self.message}" if field else self.message,
             "detail": [{"loc": self.loc, "type": self.rule, "msg": self.message}],
         }
+
+
+def parse_json(raw: bytes, **options: Any) -> Any:
+    """A request body as JSON; anything json.loads refuses is a 400 that says why."""
+    try:
+        return json.loads(raw, **options)
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over-long ints, deep nesting
+        raise RequestError(
+            400, "malformed", [], "json", f"the body is not valid JSON: {e}"
+        ) from None
 
 
 class Validator:
@@ -141,6 +152,30 @@ class Validator:
         return x.astype(np.float32)
 
     # -- the two request formats -----------------------------------------------------------------------
+    def predict_body(self, raw: bytes) -> np.ndarray:
+        """A whole /predict body: a JSON object holding `inputs` and nothing else."""
+        body = parse_json(raw)
+        if not isinstance(body, dict):
+            raise RequestError(
+                400,
+                "malformed",
+                [],
+                "object_required",
+                'the request body must be a JSON object: {"inputs": [...]}',
+            )
+        if "inputs" not in body:
+            raise RequestError(400, "malformed", ["inputs"], "missing", "the field is required")
+        extra = sorted(k for k in body if k != "inputs")
+        if extra:  # a misspelt option must not be ignored silently
+            raise RequestError(
+                400,
+                "malformed",
+                [extra[0]],
+                "unknown_field",
+                "unknown field; the body holds only `inputs`",
+            )
+        return self.predict_inputs(body["inputs"])
+
     def predict_inputs(self, value: Any) -> np.ndarray:
         """`{"inputs": [[...], ...]}` shaped [N, *input_shape] -> float32 array."""
         try:

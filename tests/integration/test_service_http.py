@@ -98,9 +98,11 @@ CASES = [
     ('{"inputs": [[1, 2, 1e39, 4]]}', 400, "float32_range", ["inputs", 0, 2]),
     ('{"inputs": []}', 400, "non_empty_batch", ["inputs"]),
     ('{"inputs": ' + BIG + "}", 400, "max_rows", ["inputs"]),
-    ('{"inputs": "1,2,3,4"}', 400, None, None),
-    ('{"rows": [[1, 2, 3, 4]]}', 400, None, None),
-    ('{"inputs": [[1, 2', 400, None, None),
+    ('{"inputs": "1,2,3,4"}', 400, "rank", ["inputs"]),
+    ('{"rows": [[1, 2, 3, 4]]}', 400, "missing", ["inputs"]),
+    ('{"inputs": [[1, 2, 3, 4]], "top_k": 1}', 400, "unknown_field", ["top_k"]),
+    ("[[1, 2, 3, 4]]", 400, "object_required", []),
+    ('{"inputs": [[1, 2', 400, "json", []),
 ]
 
 
@@ -275,10 +277,16 @@ def test_api_key_rate_limit_and_strict_range(guarded):
         assert limited.json()["detail"][0]["type"] == "rate_limited"
 
 
-def test_openapi_document(server):
+def test_openapi_document_and_bentoml_client(server):
+    """/predict is published in BentoML's OpenAPI document, and BentoML's own client calls it."""
+    import bentoml
+
     url, _ = server
     doc = httpx.get(f"{url}/docs.json").json()
     assert "/predict" in doc["paths"]
+    with bentoml.SyncHTTPClient(url) as client:
+        answer = client.predict(inputs=[ROW, ROW])
+    assert answer["model"] == "iris-served" and answer["predictions"] == ["setosa", "setosa"]
 
 
 def test_loadtest_slo_gate(server):

@@ -13,9 +13,12 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 @pytest.fixture(scope="module")
-def app_client(iris_package):
+def service_app(iris_package):
+    """The in-process app on the int8-dynamic variant: the one whose rows couple within a batch."""
+    saved = {k: os.environ.get(k) for k in ("NNSHIP_MODEL", "NNSHIP_THREADS", "NNSHIP_VARIANT")}
     os.environ["NNSHIP_MODEL"] = f"iris-served:{iris_package['version']}"
     os.environ["NNSHIP_THREADS"] = "1"
+    os.environ["NNSHIP_VARIANT"] = "int8-dynamic"
     from _bentoml_impl.loader import load
 
     import service.runtime as runtime
@@ -33,10 +36,34 @@ def app_client(iris_package):
     runtime.Runtime.warm_up = spy
     try:
         svc = load("service.service:NnshipService", standalone_load=True)
-        with TestClient(svc.to_asgi(is_main=True), raise_server_exceptions=False) as client:
-            yield client, seen
+        app = svc.to_asgi(is_main=True)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client, seen, app
     finally:
         runtime.Runtime.warm_up = original
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(params=["asgi", "bentoml"])
+def app_client(request, service_app):
+    """The app with /predict answered by nnship's ASGI endpoint, then by BentoML's API layer."""
+    from service.endpoint import PredictEndpoint
+
+    client, seen, app = service_app
+    client.get("/livez")  # Starlette builds its middleware stack on the first request
+    layer = app.middleware_stack
+    while not isinstance(layer, PredictEndpoint):
+        layer = layer.app
+    assert layer.enabled  # the default
+    layer.enabled = request.param == "asgi"
+    try:
+        yield client, {**seen, "route": request.param}
+    finally:
+        layer.enabled = True
 
 
 def test_ready_after_warm_up_on_every_bucket(app_client):
@@ -56,6 +83,40 @@ def test_predict_in_process(app_client):
     assert r.headers["x-request-id"]
     r = client.post("/predict", json={"inputs": [[1, 2, 3]]}, headers={"x-request-id": "abc-123"})
     assert r.status_code == 400 and r.json()["request_id"] == "abc-123"
+    assert r.json()["detail"][0]["type"] == "shape"
+
+
+def test_both_routes_give_the_runtime_s_answers(app_client):
+    """Same contract either way: labels and probabilities equal ONNX Runtime's own, batch by batch."""
+    client, seen = app_client
+    from service.oip import STATE
+
+    svc = STATE.service
+    rng = np.random.default_rng(1)
+    x = (rng.normal(0, 0.5, (7, 4)) + np.array(ROW)).round(3)
+    r = client.post("/predict", json={"inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    logits = svc.runtime.run(x.astype(np.float32))
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert body["predictions"] == [svc.labels[i] for i in p.argmax(1)]
+    np.testing.assert_allclose(body["probabilities"], p, atol=2e-6)
+    assert (body["model"], body["variant"]) == ("iris-served", svc.runtime.variant)
+    # the body's envelope: nnship's endpoint names the rule; BentoML's IO model answers in its words
+    for raw, rule in (
+        (b'{"rows": [[1, 2, 3, 4]]}', "missing"),
+        (b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "top_k": 2}', "unknown_field"),
+        (b"[[5.1, 3.5, 1.4, 0.2]]", "object_required"),
+        (b'{"inputs": [[1, 2', "json"),
+    ):
+        r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+        if seen["route"] == "asgi":
+            assert r.status_code == 400 and r.json()["detail"][0]["type"] == rule, r.text
+        else:
+            # BentoML's pydantic IO model ignores unknown fields: the one difference between routes
+            assert r.status_code == (200 if rule == "unknown_field" else 400), r.text
+            assert "Traceback" not in r.text
 
 
 def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):
@@ -87,10 +148,15 @@ def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):
 
 
 def test_batched_answers_equal_single_answers(app_client):
-    """Requests batched together get exactly the rows they sent back."""
+    """Requests batched together get exactly the answers they would get alone, even on a variant
+    whose dynamic quantization would mix rows that share an inference call."""
     import concurrent.futures
 
+    from service.oip import STATE
+
     client, _ = app_client
+    assert STATE.service.runtime.variant == "int8-dynamic"
+    assert not STATE.service.runtime.batch_independent
     rng = np.random.default_rng(0)
     rows = (rng.normal(0, 1, (24, 4)) + np.array(ROW)).round(3).tolist()
     single = [
@@ -168,6 +234,27 @@ def test_cpu_provider_reported(iris_package):
             rt.provider == "CPUExecutionProvider" and rt.variant == iris_package["default_variant"]
         )
     assert rt.run(np.zeros((3, 4), np.float32)).shape == (3, 3)
+
+
+def test_batch_coupling_is_detected_from_the_graph(iris_package):
+    """Dynamic int8 derives one activation scale per input tensor: batched rows change each
+    other's outputs, which is why the service runs such a variant one request at a time."""
+    from service.runtime import load_runtime
+    from service.settings import Settings
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(0, 0.3, (16, 4)) + np.array(ROW)).astype(np.float32)
+    x[7] = [7.9, 4.4, 6.9, 2.5]  # one wide row stretches the batch's quantization range
+    gaps = {}
+    for variant in ("fp32", "int8-dynamic"):
+        rt = load_runtime(
+            Settings(model=f"iris-served:{iris_package['version']}", variant=variant, threads=1)
+        )
+        alone = np.concatenate([rt.run(x[i : i + 1]) for i in range(len(x))])
+        gaps[variant] = float(np.abs(rt.run(x) - alone).max())
+        assert rt.batch_independent == (variant == "fp32"), rt.coupled_ops
+    assert "DynamicQuantizeLinear" in rt.coupled_ops
+    assert gaps["fp32"] < 1e-5 and gaps["int8-dynamic"] > 1e-3, gaps
 
 
 @pytest.mark.gpu

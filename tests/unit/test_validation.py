@@ -53,6 +53,26 @@ def test_image_rules():
     )
 
 
+def test_predict_body_envelope():
+    row = b"[[[1, 2], [3, 4]]]"
+    assert IMG.predict_body(b'{"inputs": [' + row + b"]}").shape == (1, 1, 2, 2)
+    assert rule(IMG.predict_body, b'{"inputs": [' + row) == (400, "malformed", "json", [])
+    assert rule(IMG.predict_body, b"[" + row + b"]")[2] == "object_required"
+    assert rule(IMG.predict_body, b'{"input": [' + row + b"]}")[2:] == ("missing", ["inputs"])
+    extra = b'{"inputs": [' + row + b'], "threshold": 0.5}'
+    assert rule(IMG.predict_body, extra)[2:] == ("unknown_field", ["threshold"])
+    assert rule(IMG.predict_body, b"[" * 100_000 + b"]" * 100_000)[2] == "json"
+    assert rule(IMG.predict_body, b'{"inputs": [' + b"9" * 5000 + b"]}")[2] == "json"
+    assert rule(IMG.predict_body, b'{"inputs": \xff}')[2] == "json"  # not UTF-8
+    # the array rules are predict_inputs' own, with the field path from the top of the body
+    assert rule(IMG.predict_body, b'{"inputs": [[[[1, 2], [3, NaN]]]]}') == (
+        400,
+        "non_finite",
+        "finite_required",
+        ["inputs", 0, 0, 1, 1],
+    )
+
+
 def test_v2_shape_checks():
     body = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 40, 3], "data": [0.0] * 120}]
@@ -97,6 +117,9 @@ def test_settings_from_env():
         Settings.from_env({"NNSHIP_WORKERS": "two"})
     with pytest.raises(NnshipError, match="NNSHIP_STRICT_RANGE='maybe'"):
         Settings.from_env({"NNSHIP_STRICT_RANGE": "maybe"})
+    assert Settings.from_env({"NNSHIP_PREDICT_ROUTE": "bentoml"}).predict_route == "bentoml"
+    with pytest.raises(NnshipError, match="NNSHIP_PREDICT_ROUTE\\) must be one of asgi, bentoml"):
+        Settings.from_env({"NNSHIP_PREDICT_ROUTE": "fast"})
 
 
 def test_made_up_keys_do_not_escape_the_rate_limit():

@@ -1,0 +1,79 @@
+"""The adaptive batcher: requests pile up while the model is busy, and each gets its own rows back."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import AdaptiveBatcher, Overloaded
+
+
+class Model:
+    """A slow model that records the rows of every call; `coupled` mixes rows like dynamic int8."""
+
+    def __init__(self, coupled=False, delay=0.004, fail_on=None):
+        self.coupled, self.delay, self.fail_on, self.calls = coupled, delay, fail_on, []
+
+    def __call__(self, x):
+        self.calls.append(len(x))
+        time.sleep(self.delay)
+        if self.fail_on is not None and (x == self.fail_on).any():
+            raise RuntimeError("kernel failure")
+        return x * 2 - (x.max() if self.coupled else 0)
+
+
+def requests(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(n)]
+
+
+async def serve(batcher, xs):
+    return await asyncio.gather(*(batcher(x) for x in xs), return_exceptions=True)
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows():
+    model, xs = Model(), requests(40)
+    outs = asyncio.run(serve(AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000), xs))
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out, x * 2)
+    assert len(model.calls) < 40 and max(model.calls) > 3  # batches formed
+    assert max(model.calls) <= 16  # whole requests, never over max_batch_size
+
+
+def test_batch_coupled_models_run_each_request_alone():
+    xs = requests(30, seed=1)
+    alone = [x * 2 - x.max() for x in xs]
+    joined = asyncio.run(serve(AdaptiveBatcher(Model(coupled=True), 64, 10_000), xs))
+    assert any(not np.array_equal(a, b) for a, b in zip(alone, joined, strict=True))
+    model = Model(coupled=True)
+    each = asyncio.run(serve(AdaptiveBatcher(model, 64, 10_000, concatenate=False), xs))
+    for a, b in zip(alone, each, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert model.calls == [len(x) for x in xs]  # one call per request, in arrival order
+
+
+@pytest.mark.parametrize("concatenate", [True, False])
+def test_a_failing_call_fails_only_its_requests(concatenate):
+    xs = requests(12, seed=2)
+    xs[5][0, 0] = 99.0
+    outs = asyncio.run(
+        serve(AdaptiveBatcher(Model(fail_on=99.0), 64, 10_000, concatenate=concatenate), xs)
+    )
+    failed = [i for i, o in enumerate(outs) if isinstance(o, RuntimeError)]
+    assert 5 in failed
+    if not concatenate:
+        assert failed == [5]  # run alone, the others are untouched
+    # joined: the requests that shared the failed call fail with it (the service answers 500 each)
+    ok = [i for i, o in enumerate(outs) if not isinstance(o, Exception)]
+    assert len(ok) + len(failed) == len(xs)
+    assert all(np.array_equal(outs[i], xs[i] * 2) for i in ok)
+
+
+def test_requests_past_the_latency_budget_are_shed():
+    model = Model(delay=0.05)
+    outs = asyncio.run(
+        serve(AdaptiveBatcher(model, max_batch_size=1, max_latency_ms=20), requests(6))
+    )
+    shed = [o for o in outs if isinstance(o, Overloaded)]
+    assert shed and len(shed) + len(model.calls) == 6  # shed requests never reach the model

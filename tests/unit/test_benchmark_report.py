@@ -1,0 +1,77 @@
+"""The serving benchmark's report: bars judged from the figures, profile stacks bucketed."""
+
+from loadtests.benchmark import CONCURRENCY, render, summarize_profile
+
+
+def cell(rps, p50=1.0, errors=0, cpu=500.0):
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": 2 * p50,
+        "errors": errors,
+        "cpu_us_per_request": cpu,
+    }
+
+
+def results(digits_ratio, heavy_ratio, p50_gap=0.5, errors=0, shed=0):
+    def server(rps, p50=1.0, errs=0):
+        return {c: cell(rps, p50, errs) for c in CONCURRENCY}
+
+    d = {
+        "nnship": {
+            **server(1000 * digits_ratio, 1.0 + p50_gap, errors),
+            "shed": shed,
+            "mean_batch": 9.0,
+        },
+        "nnship-bentoml-route": server(500),
+        "naive": server(1000),
+        "echo": server(3000),
+    }
+    h = {
+        "nnship": {**server(100 * heavy_ratio), "shed": 0, "mean_batch": 20.0},
+        "naive": server(100),
+        "echo": server(3000),
+    }
+    return {"digits-cnn": d, "digits-heavy": h}
+
+
+def bars(text):
+    """The report's bar table: name -> pass / FAIL."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[1] in ("pass", "FAIL"):
+            out[cells[0]] = cells[1]
+    return out
+
+
+def test_bars_follow_the_figures():
+    text, ok = render(results(0.8, 3.0), 10)
+    assert ok and set(bars(text).values()) == {"pass"}
+    assert "| digits-cnn | nnship-bentoml-route | 64 | 500 |" in text
+    text, ok = render(results(0.49, 3.0), 10)
+    assert (
+        not ok and bars(text)["digits-cnn, 64 clients: nnship >= 0.5x naive throughput"] == "FAIL"
+    )
+    text, ok = render(results(0.8, 1.9), 10)
+    assert not ok and "1.90x" in text
+    text, ok = render(results(0.8, 3.0, p50_gap=1.6), 10)
+    assert not ok
+    assert not render(results(0.8, 3.0, errors=1), 10)[1]
+    assert not render(results(0.8, 3.0, shed=3), 10)[1]
+
+
+def test_profile_buckets_take_the_innermost_match():
+    raw = "\n".join(
+        [
+            "main (run.py:1);Guard.__call__ (service/security.py:9);Session.run (onnxruntime/capi/x.py:3) 30",
+            "main (run.py:1);Guard.__call__ (service/security.py:9) 10",
+            "main (run.py:1);Validator.predict_inputs (service/validation.py:5) 20",
+            "main (run.py:1) 40",
+        ]
+    )
+    shares = dict(summarize_profile(raw))
+    assert shares["ONNX Runtime inference"] == 0.3
+    assert shares["BentoML / Starlette / OpenTelemetry middleware"] == 0.1
+    assert shares["nnship validation"] == 0.2
+    assert shares["idle / other"] == 0.4
