@@ -35,9 +35,13 @@ def batch_coupled_ops(model: bytes) -> list[str]:
     import onnx
 
     proto = onnx.load_model_from_string(model)
-    ops = {n.op_type for n in proto.graph.node}
-    for f in proto.functions:
-        ops.update(n.op_type for n in f.node)
+    ops: set[str] = set()
+    graphs = [proto.graph, *proto.functions]  # functions hold nodes the same way graphs do
+    while graphs:
+        for node in graphs.pop().node:
+            ops.add(node.op_type)
+            for a in node.attribute:  # If/Loop/Scan bodies
+                graphs.extend([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)
     return sorted(op for op in ops if op.startswith("DynamicQuantize"))
 
 

@@ -96,10 +96,11 @@ class AdaptiveBatcher:
                 for job in jobs:
                     by_shape[job.x.shape[1:]].append(job)
                 for group in by_shape.values():
-                    if self.concatenate:
-                        outs = await loop.run_in_executor(self._executor, self._joined, group)
-                    else:
-                        outs = await loop.run_in_executor(self._executor, self._each, group)
+                    work = self._joined if self.concatenate else self._each
+                    try:
+                        outs = await loop.run_in_executor(self._executor, work, group)
+                    except Exception as e:  # the consumer must outlive any failure
+                        outs = [e] * len(group)
                     for j, out in zip(group, outs, strict=True):
                         if j.future.done():
                             continue
@@ -110,13 +111,13 @@ class AdaptiveBatcher:
 
     def _joined(self, group: list[_Job]) -> list[np.ndarray | Exception]:
         """One inference over the group's rows, split back per request (in the worker thread)."""
-        x = np.concatenate([j.x for j in group]) if len(group) > 1 else group[0].x
         try:
+            x = np.concatenate([j.x for j in group]) if len(group) > 1 else group[0].x
             out = self.infer(x)
+            bounds = np.cumsum([0, *(len(j.x) for j in group)])
+            return [out[a:b] for a, b in itertools.pairwise(bounds)]
         except Exception as e:
             return [e] * len(group)
-        bounds = np.cumsum([0, *(len(j.x) for j in group)])
-        return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _each(self, group: list[_Job]) -> list[np.ndarray | Exception]:
         """One inference per request (in the worker thread)."""

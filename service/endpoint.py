@@ -8,8 +8,11 @@ its request context and IO model) cost 610-617 µs of server CPU; answered here,
 front of this endpoint: BentoML's traffic metrics, concurrency limit and timeout, and nnship's guard
 (request id, API key, rate limit, content type, body limit). The contract is the one BentoML publishes for its `predict`
 API in the OpenAPI document (`{"inputs": [...]}` in, the answer object out); that API stays declared
-and is what answers when NNSHIP_PREDICT_ROUTE=bentoml or when BentoML's CORS handling is on (it sits
-behind this layer and must see the request).
+and is what answers when NNSHIP_PREDICT_ROUTE=bentoml, when BentoML's CORS handling is on (it sits
+behind this layer and must see the request) and when tracing is on (BentoML's layer adds the
+`x-bentoml-request-id` header that ties a response to its span). The two routes differ only in the
+envelope: this one reads the body as UTF-8 JSON holding `inputs` and nothing else and names the rule
+broken; BentoML's IO model ignores unknown fields and words its own errors.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.security import REQUEST_ID
-from service.validation import RequestError, parse_json
+from service.validation import RequestError, parse_json, printable
 
 
 class _State:
@@ -153,7 +153,7 @@ async def infer(request: Request) -> Response:
         "parameters": {"variant": svc.runtime.variant},
     }
     if isinstance(body, dict) and isinstance(body.get("id"), str):
-        response["id"] = body["id"]
+        response["id"] = printable(body["id"])
     if flagged:
         response["parameters"]["out_of_range"] = json.dumps(flagged)
     return JSONResponse(response)

@@ -279,5 +279,8 @@ class NnshipService:
 
 
 # outermost first: the guard checks every request, then /predict is answered without the router
+# (with tracing on, BentoML's API layer answers: it links each response to its span by header)
 NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)
-NnshipService.add_asgi_middleware(PredictEndpoint, enabled=SETTINGS.predict_route == "asgi")
+NnshipService.add_asgi_middleware(
+    PredictEndpoint, enabled=SETTINGS.predict_route == "asgi" and not SETTINGS.tracing
+)

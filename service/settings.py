@@ -41,7 +41,7 @@ class Settings:
     access_log: bool = False  # BentoML's per-request access log (costly at thousands of requests/s)
     bound_metric_paths: bool = True  # unknown paths share one series in BentoML's request metrics
     # asgi: POST /predict is answered by nnship's ASGI endpoint in front of BentoML's router (same
-    # contract, about half the per-request cost); bentoml: through BentoML's API layer
+    # contract, 20-40% less CPU per request); bentoml: through BentoML's API layer
     predict_route: str = "asgi"
 
     @classmethod

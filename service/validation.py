@@ -40,8 +40,10 @@ class RequestError(Exception):
     """A rejected request: HTTP status, closed-set reason, the field path and the rule broken."""
 
     def __init__(self, status: int, reason: str, loc: list[Any], rule: str, message: str):
-        super().__init__(message)
         assert reason in REASONS, reason
+        message = printable(message)
+        loc = [printable(p) if isinstance(p, str) else p for p in loc]  # keys come from the client
+        super().__init__(message)
         self.status, self.reason, self.loc, self.rule, self.message = (
             status,
             reason,
@@ -61,13 +63,20 @@ class RequestError(Exception):
         }
 
 
+def printable(text: str) -> str:
+    """Client text safe to echo: a lone surrogate (legal as a JSON escape, not encodable as UTF-8)
+    becomes its backslash escape instead of breaking the response."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse_json(raw: bytes, **options: Any) -> Any:
-    """A request body as JSON; anything json.loads refuses is a 400 that says why."""
+    """A request body as JSON in UTF-8 (RFC 8259: no byte-order mark, no UTF-16/32); anything refused
+    is a 400 that says why."""
     try:
-        return json.loads(raw, **options)
+        return json.loads(raw.decode("utf-8"), **options)
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over-long ints, deep nesting
         raise RequestError(
-            400, "malformed", [], "json", f"the body is not valid JSON: {e}"
+            400, "malformed", [], "json", f"the body is not valid UTF-8 JSON: {e}"
         ) from None
 
 
@@ -108,10 +117,15 @@ class Validator:
         err = e.errors(include_url=False)[0]
         kind, loc = err["type"], list(err["loc"])
         depth = len(loc)  # 0: the row list, 1: a row, ...
-        if kind in ("float_type", "float_parsing"):
+        value = err.get("input")
+        if kind in ("float_type", "float_parsing") and type(value) is int:
+            # an integer too large for a double (JSON allows any number of digits)
+            reason, rule = "overflow", "float32_range"
+            msg = f"an integer of {len(str(abs(value)))} digits overflows float32"
+        elif kind in ("float_type", "float_parsing"):
             reason, rule = "type", "number_required"
-            msg = f"expected a number, got {type(err.get('input')).__name__}"
-            if isinstance(err.get("input"), bool):
+            msg = f"expected a number, got {type(value).__name__}"
+            if isinstance(value, bool):
                 msg = "booleans are not numbers here"
         elif kind == "finite_number":
             reason, rule, msg = (

@@ -77,3 +77,48 @@ def test_requests_past_the_latency_budget_are_shed():
     )
     shed = [o for o in outs if isinstance(o, Overloaded)]
     assert shed and len(shed) + len(model.calls) == 6  # shed requests never reach the model
+
+
+def test_the_consumer_outlives_a_model_that_returns_garbage():
+    calls = []
+
+    def broken_then_fine(x):
+        calls.append(len(x))
+        return None if len(calls) == 1 else x * 2  # the first answer cannot be split per request
+
+    async def scenario():
+        batcher = AdaptiveBatcher(broken_then_fine, 64, 10_000)
+        first = await asyncio.wait_for(serve(batcher, requests(5)), 5)  # a dead consumer: timeout
+        later = await asyncio.wait_for(batcher(np.ones((2, 3), np.float32)), 5)
+        return first, later
+
+    first, later = asyncio.run(scenario())
+    assert all(isinstance(o, TypeError) for o in first)  # failed, not left hanging
+    np.testing.assert_array_equal(later, np.full((2, 3), 2.0))
+
+
+def test_batch_coupling_found_inside_subgraphs():
+    from onnx import TensorProto, helper
+
+    from export.runtime import batch_coupled_ops
+
+    def branch(name):
+        return helper.make_graph(
+            [helper.make_node("DynamicQuantizeLinear", ["x"], [f"{name}_q", "s", "z"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_q", TensorProto.UINT8, None)],
+        )
+
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])
+    out = helper.make_tensor_value_info("y", TensorProto.UINT8, None)
+    node = helper.make_node(
+        "If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("other")
+    )
+    model = helper.make_model(helper.make_graph([node], "g", [cond, x], [out]))
+    assert batch_coupled_ops(model.SerializeToString()) == ["DynamicQuantizeLinear"]
+    plain = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "g", [x], [out])
+    )
+    assert batch_coupled_ops(plain.SerializeToString()) == []

@@ -1,5 +1,7 @@
 """The validator alone, on an image and a sequence manifest."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,22 @@ def test_predict_body_envelope():
     assert rule(IMG.predict_body, b"[" * 100_000 + b"]" * 100_000)[2] == "json"
     assert rule(IMG.predict_body, b'{"inputs": [' + b"9" * 5000 + b"]}")[2] == "json"
     assert rule(IMG.predict_body, b'{"inputs": \xff}')[2] == "json"  # not UTF-8
+    body = b'{"inputs": [' + row + b"]}"
+    assert rule(IMG.predict_body, b"\xef\xbb\xbf" + body)[2] == "json"  # a byte-order mark
+    assert rule(IMG.predict_body, body.decode().encode("utf-16"))[2] == "json"
+    # a lone surrogate is a legal JSON escape but not UTF-8: echoed escaped, never a crash
+    with pytest.raises(RequestError) as e:
+        IMG.predict_body(body[:-1] + rb', "\udfff": 0}')
+    assert e.value.loc == ["\\udfff"] and e.value.rule == "unknown_field"
+    json.dumps(e.value.body(), ensure_ascii=False).encode("utf-8")  # what the response does
+    # an integer JSON allows but no float holds
+    huge = b'{"inputs": [[[[1, 2], [3, ' + b"9" * 400 + b"]]]]}"
+    assert rule(IMG.predict_body, huge) == (
+        400,
+        "overflow",
+        "float32_range",
+        ["inputs", 0, 0, 1, 1],
+    )
     # the array rules are predict_inputs' own, with the field path from the top of the body
     assert rule(IMG.predict_body, b'{"inputs": [[[[1, 2], [3, NaN]]]]}') == (
         400,
