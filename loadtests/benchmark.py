@@ -247,36 +247,14 @@ def bench_model(
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "_PROBE": bodies[0]}
     threads = str(os.cpu_count() or 1)
     results: dict[str, dict] = {}
+    service = [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService"]
+    service_env = {"NNSHIP_MODEL": f"{model}:latest", "NNSHIP_WORKERS": "1"}
     servers = {
-        "nnship": (
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "service.service:NnshipService",
-                "--port",
-                "{port}",
-            ],
-            {"NNSHIP_MODEL": f"{model}:latest", "NNSHIP_WORKERS": "1"},
-            "/readyz",
-        ),
+        "nnship": ([*service, "--port", "{port}"], service_env, "/readyz"),
         # the same service with /predict through BentoML's API layer: what the ASGI endpoint saves
         "nnship-bentoml-route": (
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "service.service:NnshipService",
-                "--port",
-                "{port}",
-            ],
-            {
-                "NNSHIP_MODEL": f"{model}:latest",
-                "NNSHIP_WORKERS": "1",
-                "NNSHIP_PREDICT_ROUTE": "bentoml",
-            },
+            [*service, "--port", "{port}"],
+            {**service_env, "NNSHIP_PREDICT_ROUTE": "bentoml"},
             "/readyz",
         ),
         "naive": (
