@@ -9,7 +9,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test lint format quality export-bench serve-bench clean
+.PHONY: setup demo test lint format quality export-bench serve-bench soak fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,12 @@ export-bench: setup  ## variants vs PyTorch eager -> reports/export-benchmark.md
 
 serve-bench: setup  ## service vs naive vs echo under wrk -> reports/serving-benchmark.md
 	$(BIN)/python -m loadtests.benchmark
+
+soak: setup  ## ~50% of capacity for 10 minutes: worker RSS and event-loop lag -> reports/soak.md
+	$(BIN)/python -m loadtests.soak --duration 600
+
+fuzz: setup  ## schemathesis against /docs.json of a tiny served model -> reports/fuzz.md
+	$(BIN)/python -m loadtests.fuzz --max-examples 100
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -22,7 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=",".join(VARIANTS),
         help=f"comma-separated, from {','.join(VARIANTS)} (fp32 is always built)",
     )
-    p.add_argument("--out", help="package directory (default: RUN_DIR/package)")
+    p.add_argument(
+        "--out",
+        help="package directory (default: RUN_DIR/package, which a new export replaces)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing package at --out (a folder that is not a package never is)",
+    )
     p.add_argument("--max-batch", type=int, default=1000, help="largest batch the parity gate runs")
     p.add_argument(
         "--threads", type=int, help="intra-op threads for measurements (default: all cores)"
@@ -42,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         accuracy_budget=args.accuracy_budget,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         out=args.out,
+        overwrite=args.overwrite,
         max_batch=args.max_batch,
         threads=args.threads,
         store=args.store,

@@ -21,11 +21,11 @@ from export.onnx_export import export_onnx
 from export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
 from export.report import write_report
 from export.runtime import CPU, cpu_session
-from export.store import FORMAT, MANIFEST
+from export.store import FORMAT, MANIFEST, is_package
 from export.variants import VARIANTS, build_variant
 from models import RECURRENT
 from nnship.errors import NnshipError
-from nnship.io import atomic_write_json, sha256_file, staged_dir
+from nnship.io import atomic_write_json, dir_mode, sha256_file, staged_dir
 from training.checkpoint import load_checkpoint
 from training.data import load_dataset, split
 from training.metrics import evaluate_arrays
@@ -45,6 +45,7 @@ class ExportOptions:
     accuracy_budget: float = 0.003  # largest test-metric loss against fp32 a default may have
     variants: tuple[str, ...] = VARIANTS
     out: str | None = None  # package directory; default RUN_DIR/package
+    overwrite: bool = False  # replace an existing package at an explicit `out`
     max_batch: int = 1000  # largest batch the parity gate runs
     threads: int | None = None  # intra-op threads for every measurement; default: all cores
     store: bool = True  # import the package into the BentoML model store
@@ -79,6 +80,30 @@ def check_writable(directory: Path, what: str) -> None:
         raise NnshipError(f"{what} {directory} is not writable: {e.strerror or e}") from e
 
 
+def check_out(out: Path, run_dir: Path, explicit: bool, overwrite: bool) -> bool:
+    """Refuse an output folder that must not be replaced; returns whether one exists to replace.
+
+    Only an nnship package is ever replaced: at an explicit --out only with --overwrite, at the
+    default RUN/package always (it is derived from the run). The run, its parents and the BentoML
+    model store never are."""
+    target, run = out.resolve(), run_dir.resolve()
+    if target == run or target in run.parents:
+        raise NnshipError(f"--out {out} is the run directory or holds it; it is never replaced")
+    if store_home().resolve() in [target, *target.parents]:
+        raise NnshipError(f"--out {out} is inside the BentoML model store; choose another folder")
+    if out.is_symlink():
+        raise NnshipError(f"--out {out} is a symbolic link; it is never replaced")
+    if not out.exists():
+        return False
+    if not is_package(out):
+        raise NnshipError(
+            f"--out {out} exists and is not an nnship model package; it is never replaced"
+        )
+    if explicit and not overwrite:
+        raise NnshipError(f"--out {out} already exists; pass --overwrite to replace it")
+    return True
+
+
 def store_home() -> Path:
     """The model store's folder, found without importing bentoml (which fails on a bad home)."""
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
@@ -104,8 +129,9 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
     name = model_name(opts)
     if not 0 <= opts.accuracy_budget < 1:
         raise NnshipError("--accuracy-budget must be in [0, 1)")
-    model, meta = load_checkpoint(opts.run_dir)
     out = Path(opts.out) if opts.out else Path(opts.run_dir) / "package"
+    replace = check_out(out, Path(opts.run_dir), opts.out is not None, opts.overwrite)
+    model, meta = load_checkpoint(opts.run_dir)
     check_writable(out.parent, "output directory")
     if opts.store:
         check_writable(store_home(), "BentoML model store")
@@ -130,7 +156,7 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
     with (
         step_progress(steps) as progress,
         tempfile.TemporaryDirectory() as work,
-        staged_dir(out, overwrite=True) as tmp,
+        staged_dir(out, overwrite=replace) as tmp,
     ):
         raw = Path(work) / "raw.onnx"
         exporter = export_onnx(model, raw, onnx_meta)
@@ -271,6 +297,8 @@ def save_to_store(package_dir: Path, manifest: dict[str, Any]) -> str:
             manifest["model"], labels=labels, metadata=_store_safe(summary)
         ) as bm:
             manifest = {**manifest, "version": bm.tag.version}
+            # BentoML stages the entry in a private 0700 folder, whose mode its copy keeps
+            os.chmod(bm.path, dir_mode())
             for f in package_dir.iterdir():
                 if f.is_file() and f.name != MANIFEST:
                     shutil.copy2(f, bm.path_of(f.name))

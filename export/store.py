@@ -3,15 +3,94 @@ file verified by sha256 before use. Light on purpose: no torch, no exporter."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nnship.errors import NnshipError
-from nnship.io import read_record, verify_file
+from nnship.io import holds_record, read_record, verify_file
 
 FORMAT = "nnship.package/1"
 MANIFEST = "manifest.json"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+TASKS = ("classification", "regression")
+
+
+def is_package(path: Path) -> bool:
+    """Whether a folder holds an nnship model package (its manifest says so)."""
+    return holds_record(path, MANIFEST, FORMAT)
+
+
+def _field(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """record[key], refused unless present and of the given type (bool never counts as a number)."""
+    if key not in record:
+        raise ValueError(f"{where}{key} is missing")
+    value, kinds = record[key], kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise ValueError(f"{where}{key} must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _check_input(spec: dict[str, Any]) -> None:
+    """input: shape (positive integers), feature_names (strings) and one stats entry per feature."""
+    shape = _field(spec, "shape", list, "input.")
+    if not shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        raise ValueError("input.shape must be a non-empty list of positive integers")
+    names = _field(spec, "feature_names", list, "input.")
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("input.feature_names must be a non-empty list of strings")
+    stats = _field(spec, "stats", list, "input.")
+    if len(stats) != len(names):
+        raise ValueError(f"input.stats has {len(stats)} entries for {len(names)} features")
+    for i, entry in enumerate(stats):
+        if not isinstance(entry, dict):
+            raise ValueError(f"input.stats[{i}] must be an object")
+        for key in ("min", "max", "mean", "std"):
+            _field(entry, key, (int, float), f"input.stats[{i}].")
+        quantiles = _field(entry, "quantiles", dict, f"input.stats[{i}].")
+        _field(quantiles, "q50", (int, float), f"input.stats[{i}].quantiles.")
+
+
+def _check_variant(name: str, entry: Any) -> None:
+    """A variant entry: a plain file name inside the package, shipped flag, sha256 when shipped."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"variants.{name} must be an object")
+    file = _field(entry, "file", str, f"variants.{name}.")
+    if file in ("", ".", "..") or Path(file).name != file or "\\" in file or "\0" in file:
+        raise ValueError(f"variants.{name}.file {file!r} is not a plain file name in the package")
+    if _field(entry, "shipped", bool, f"variants.{name}.") and not SHA256.match(
+        str(_field(entry, "sha256", str, f"variants.{name}."))
+    ):
+        raise ValueError(f"variants.{name}.sha256 is not a hex sha256")
+
+
+def check_manifest(manifest: dict[str, Any]) -> None:
+    """Raise ValueError naming the first key the service needs that is missing or mistyped."""
+    _field(manifest, "model", str, "")
+    _field(manifest, "version", (str, type(None)), "")
+    if _field(manifest, "task", str, "") not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}")
+    _check_input(_field(manifest, "input", dict, ""))
+    labels = _field(_field(manifest, "output", dict, ""), "labels", list, "output.")
+    if not all(isinstance(label, str) for label in labels):
+        raise ValueError("output.labels must be a list of strings")
+    if manifest["task"] == "classification" and not labels:
+        raise ValueError("output.labels is empty for a classification model")
+    variants = _field(manifest, "variants", dict, "")
+    for name, entry in variants.items():
+        _check_variant(name, entry)
+    default = _field(manifest, "default_variant", str, "")
+    if not variants.get(default, {}).get("shipped"):
+        raise ValueError(f"default_variant {default!r} is not a shipped variant")
+    gpu = manifest.get("gpu_variant", default)
+    if not isinstance(gpu, str) or not variants.get(gpu, {}).get("shipped"):
+        raise ValueError(f"gpu_variant {gpu!r} is not a shipped variant")
+    if not isinstance(manifest.get("exporter", {}), dict):
+        raise ValueError("exporter must be an object")
 
 
 def takes_sequences(manifest: dict[str, Any]) -> bool:
@@ -54,9 +133,12 @@ def load_package(ref: str | Path, variants: list[str] | None = None) -> Package:
         except ValueError as e:
             raise NnshipError(f"invalid model tag {ref!r}: {e}") from e
     manifest = read_record(path / MANIFEST, FORMAT, "not an nnship model package")
+    try:
+        check_manifest(manifest)
+    except ValueError as e:
+        problem = str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the keys
+        raise NnshipError(f"{path / MANIFEST}: not a valid nnship model package: {problem}") from e
     for name, entry in manifest["variants"].items():
-        if Path(entry.get("file", "")).name != entry.get("file"):
-            raise NnshipError(f"{path / MANIFEST}: variant {name} names a file outside the package")
-        if entry.get("shipped") and (variants is None or name in variants):
+        if entry["shipped"] and (variants is None or name in variants):
             verify_file(path / entry["file"], entry["sha256"])
     return Package(path, manifest)

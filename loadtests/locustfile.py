@@ -8,8 +8,9 @@ NNSHIP_API_KEY (sent as a bearer token when set).
 import itertools
 import os
 
+import gevent
 import numpy as np
-from locust import FastHttpUser, between, task
+from locust import FastHttpUser, between, events, task
 
 from loadtests.rows import test_rows
 
@@ -18,6 +19,13 @@ MODEL = os.environ.get("NNSHIP_LOADTEST_MODEL", "digits-cnn")
 HEADERS = {"Content-Type": "application/json"}
 if os.environ.get("NNSHIP_API_KEY"):
     HEADERS["Authorization"] = f"Bearer {os.environ['NNSHIP_API_KEY']}"
+
+
+@events.init.add_listener
+def _fresh_clock(**_) -> None:
+    """gevent caches its loop's time: after a slow start-up (imports, data loading on a busy machine)
+    Locust's --run-time timer would be measured from a stale clock and end the run at once."""
+    gevent.get_hub().loop.update_now()
 
 
 class PredictUser(FastHttpUser):
@@ -32,7 +40,7 @@ class PredictUser(FastHttpUser):
             "/predict", json={"inputs": [next(self.rows)]}, headers=HEADERS, catch_response=True
         ) as r:
             if r.status_code != 200 or len(r.json().get("predictions", [])) != 1:
-                r.failure(f"status {r.status_code}: {r.text[:200]}")
+                r.failure(f"status {r.status_code}: {(r.text or '')[:200]}")
 
     @task(1)
     def infer_v2(self) -> None:
@@ -55,4 +63,4 @@ class PredictUser(FastHttpUser):
             catch_response=True,
         ) as r:
             if r.status_code != 200:
-                r.failure(f"status {r.status_code}: {r.text[:200]}")
+                r.failure(f"status {r.status_code}: {(r.text or '')[:200]}")

@@ -51,13 +51,45 @@ def read_record(path: Path, fmt: str, missing_hint: str) -> dict[str, Any]:
     return record
 
 
+def holds_record(folder: Path, name: str, fmt: str) -> bool:
+    """Whether `folder` is a real directory whose `name` file is a record of format `fmt`."""
+    try:
+        record = json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return False
+    return folder.is_dir() and isinstance(record, dict) and record.get("format") == fmt
+
+
+def current_umask() -> int:
+    """The process umask: from /proc where Linux shows it, else by setting it and putting it back."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plainly created file gets: 0666 less the umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode a plainly created folder gets: 0777 less the umask (0755 under umask 022)."""
+    return 0o777 & ~current_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_path) then rename tmp_path over path; the temp file never outlives a failure."""
+    """Call write(tmp_path) then rename tmp_path over path; the temp file never outlives a failure.
+
+    The file ends with the umask's usual mode, not mkstemp's private 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -77,15 +109,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 @contextlib.contextmanager
 def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Build a directory under a temp name beside `final`; move it into place only on success."""
+    """Build a directory under a temp name beside `final`; move it into place only on success.
+
+    The folder gets the umask's usual mode, not mkdtemp's private 0700."""
+    from nnship.errors import NnshipError
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        os.chmod(tmp, dir_mode())
         yield tmp
-        if final.exists():
+        if final.exists() or final.is_symlink():
             if not overwrite:
-                raise FileExistsError(f"{final} already exists")
+                raise NnshipError(f"{final} already exists; nothing was replaced")
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)

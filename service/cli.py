@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
+import math
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import replace
+from typing import Any
 
 from export.store import load_package, takes_sequences
 from nnship.errors import NnshipError
-from service.settings import Settings
+from service.settings import (
+    SERVE_TOKEN_ENV,
+    SERVE_TOKEN_HEADER,
+    Settings,
+    api_key_env_named,
+    variable,
+)
 
+log = logging.getLogger(__name__)
 SERVICE = "service.service:NnshipService"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_MARGIN_S = 10.0  # after the grace period: time for the workers' shutdown and the arbiter
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-latency-ms", type=int)
     p.add_argument("--max-rows", type=int)
     p.add_argument("--max-body-bytes", type=int)
-    p.add_argument("--api-key-env", help="variable holding the API key (unset or empty: no auth)")
+    p.add_argument(
+        "--api-key-env", help="variable holding the API key (named here, it must be set)"
+    )
     p.add_argument(
         "--protect-all",
         action="store_true",
@@ -43,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate-limit", type=float, help="requests/s per client (0: off)")
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--timeout-s", type=float)
+    p.add_argument(
+        "--grace-s", type=float, help="SIGTERM/SIGINT: seconds to finish requests in flight"
+    )
     p.add_argument(
         "--strict-range",
         action="store_true",
@@ -66,46 +87,116 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return replace(Settings.from_env(), **given)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on, before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise NnshipError(f"port {port} is in use") from e
+            raise NnshipError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    package = load_package(
-        settings.model
-    )  # one-line refusal of a missing, tampered or truncated file
-    env = {**os.environ, **settings.to_env(), "BENTOML_DO_NOT_TRACK": "true"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        SERVICE,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    proc = subprocess.Popen(cmd, env=env)
+    explicit_key = args.api_key_env is not None or api_key_env_named()
+    settings.required_api_key(explicit_key)
+    check_port_free(args.host, args.port)
+    package = load_package(settings.model)  # one-line refusal of a missing or tampered file
+    if settings.variant != "auto":
+        package.variant_path(settings.variant)  # one line naming the shipped variants
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "BENTOML_DO_NOT_TRACK": "true",
+        SERVE_TOKEN_ENV: token,
+    }
+    if not explicit_key:  # the default variable: no key means a warning, not an error
+        env.pop(variable("api_key_env"))
+    grace = str(math.ceil(settings.grace_s))
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port"]
+    cmd += [str(args.port), "--timeout-graceful-shutdown", grace]
     url = f"http://{args.host}:{args.port}"
-    try:
-        while proc.poll() is None:
+    with Supervisor(cmd, env, settings.grace_s) as server:
+        if server.wait_ready(url, settings.api_key(), token):
+            print(
+                f"\nnnship: serving {settings.model} at {url} (OpenAPI: {url}/docs.json, "
+                f"metrics: {url}/metrics)"
+            )
+            print("try:  " + example_curl(url, package.manifest, settings), flush=True)
+        return server.wait()
+
+
+class Supervisor:
+    """`bentoml serve` in its own session: SIGTERM and SIGINT drain it, and no process outlives it."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], grace_s: float) -> None:
+        self.cmd, self.env, self.grace_s = cmd, env, grace_s
+        self.proc: subprocess.Popen | None = None
+        self.stop_by: float | None = None  # monotonic deadline once a stop was asked for
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Supervisor:
+        for sig in STOP_SIGNALS:  # before the start: a signal in between must not orphan the server
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill_group()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """Ask the server to drain: it stops accepting and finishes the requests in flight."""
+        if self.stop_by is None:
+            log.info("%s: draining (up to %g s)", signal.Signals(signum).name, self.grace_s)
+            self.stop_by = time.monotonic() + self.grace_s + STOP_MARGIN_S
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_ready(self, url: str, key: str, token: str) -> bool:
+        """Poll /readyz until this process's own server answers; False if it exits or is stopped first."""
+        assert self.proc is not None
+        while self.proc.poll() is None and self.stop_by is None:
+            req = urllib.request.Request(f"{url}/readyz", headers={"x-api-key": key})
             try:
-                req = urllib.request.Request(
-                    f"{url}/readyz", headers={"x-api-key": settings.api_key()}
-                )
                 with urllib.request.urlopen(req, timeout=1) as r:
-                    if r.status == 200:
-                        break
+                    if r.headers.get(SERVE_TOKEN_HEADER) == token:
+                        return True
+                    raise NnshipError(f"another server answers at {url}; nnship's did not start")
             except OSError:
                 time.sleep(0.5)
-        if proc.poll() is not None:
-            raise NnshipError(f"the service exited with code {proc.returncode} before it was ready")
-        print(
-            f"\nnnship: serving {settings.model} at {url} (OpenAPI: {url}/docs.json, metrics: {url}/metrics)"
-        )
-        print("try:  " + example_curl(url, package.manifest, settings), flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+        return False  # the server exited (it said why) or a stop was asked for
+
+    def wait(self) -> int:
+        """The server's exit code; past the grace period (plus a margin) its processes are killed."""
+        assert self.proc is not None
+        while True:
+            try:
+                code = self.proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if self.stop_by is not None and time.monotonic() > self.stop_by:
+                    self._kill_group()
+                    raise NnshipError(
+                        f"the service did not stop within {self.grace_s:g} s; killed"
+                    ) from None
+        self._kill_group()
+        return 0 if self.stop_by is not None and code in (0, -signal.SIGTERM) else code
+
+    def _kill_group(self) -> None:
+        """Kill whatever is left of the server's session (workers whose arbiter died)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait()
 
 
 def example_curl(url: str, manifest: dict, settings: Settings) -> str:

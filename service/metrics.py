@@ -40,6 +40,17 @@ MODEL_INFO = Gauge(
     ["model", "version", "variant", "provider", "onnx_sha256"],
     multiprocess_mode="max",
 )
+LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+EVENT_LOOP_LAG = Histogram(
+    "nnship_event_loop_lag_seconds",
+    "How late the worker's event loop woke a periodic sleep (time it was held by other work)",
+    buckets=LOOP_LAG_BUCKETS,
+)
+EVENT_LOOP_LAG_LAST = Gauge(
+    "nnship_event_loop_lag_last_seconds",
+    "The event-loop lag of the latest sample from any worker",
+    multiprocess_mode="mostrecent",  # a dead worker's last value does not linger as a floor
+)
 
 
 def init_reasons() -> None:

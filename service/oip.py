@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.security import REQUEST_ID
-from service.validation import RequestError, parse_json, printable
+from service.validation import RequestError, printable
 
 
 class _State:
@@ -23,7 +23,12 @@ STATE = _State()
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message, "request_id": REQUEST_ID.get()}, status_code=status)
+
+
+def _unknown(svc: Any, loc: str, message: str) -> Response:
+    error = RequestError(404, "unknown_model", ["path", loc], "unknown_model", message)
+    return svc.reject(error, REQUEST_ID.get())
 
 
 def _service_or_error(request: Request) -> tuple[Any, Response | None]:
@@ -33,16 +38,12 @@ def _service_or_error(request: Request) -> tuple[Any, Response | None]:
     name = request.path_params.get("name")
     version = request.path_params.get("version")
     if name is not None and name != svc.model:
-        return svc, JSONResponse(
-            {"error": f"unknown model {name!r}; this server serves {svc.model!r}"},
-            status_code=404,
-            headers={"x-nnship-reject": "unknown_model"},
+        return svc, _unknown(
+            svc, "name", f"unknown model {name!r}; this server serves {svc.model!r}"
         )
     if version is not None and version != svc.version:
-        return svc, JSONResponse(
-            {"error": f"unknown version {version!r} of {svc.model}; serving {svc.version}"},
-            status_code=404,
-            headers={"x-nnship-reject": "unknown_model"},
+        return svc, _unknown(
+            svc, "version", f"unknown version {version!r} of {svc.model}; serving {svc.version}"
         )
     return svc, None
 
@@ -115,20 +116,9 @@ async def infer(request: Request) -> Response:
     rid = REQUEST_ID.get()
     body_bytes = await request.body()
     try:
-        body = parse_json(body_bytes, parse_constant=_reject_constant)
+        body = svc.validator.parse(body_bytes, parse_constant=_reject_constant)
         x, wanted = svc.validator.v2_inputs(body)
         flagged, counts = svc.validator.out_of_range(x)
-        available = ["output", "probabilities"] if svc.classification else ["output"]
-        wanted = wanted or available
-        unknown = [w for w in wanted if w not in available]
-        if unknown:
-            raise RequestError(
-                400,
-                "malformed",
-                ["outputs"],
-                "output_name",
-                f"unknown output(s) {unknown}; available: {available}",
-            )
     except RequestError as e:
         return svc.reject(e, rid)
     out, refusal = await svc.infer_checked(x, rid)
@@ -148,7 +138,7 @@ async def infer(request: Request) -> Response:
                 "shape": list(tensors[n].shape),
                 "data": tensors[n].reshape(-1).tolist(),
             }
-            for n in wanted
+            for n in wanted or svc.validator.outputs
         ],
         "parameters": {"variant": svc.runtime.variant},
     }

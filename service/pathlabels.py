@@ -1,9 +1,13 @@
-"""Bound the `endpoint` label of BentoML's request metrics.
+"""Bound the `endpoint` label of BentoML's request metrics, and refuse websockets before them.
 
 BentoML's traffic middleware labels its request counters and histograms with the raw request path,
 so every distinct unknown path (a scanner, a typo, a random id) becomes new series on /metrics
 without end. This wraps that middleware: paths outside the service's known routes are reported as
 one `endpoint="/__other__"` series, while routing still sees the real path (and answers 404).
+
+That middleware is the outermost one BentoML builds (after Starlette's error handler), and it also
+labels websocket handshakes with their paths. The service has no websocket route, so the wrapper
+refuses every handshake before anything else sees it, whether or not paths are bounded.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ OTHER = "/__other__"
 _installed: set[str] | None = None
 
 
-def install(known: Iterable[str], known_patterns: Iterable[str] = ()) -> None:
-    """Replace BentoML's traffic-metrics middleware class with the bounded one (idempotent)."""
+def install(known: Iterable[str], known_patterns: Iterable[str] = (), bound: bool = True) -> None:
+    """Replace BentoML's traffic-metrics middleware class with the guarded one (idempotent)."""
     global _installed
     from bentoml._internal.server.http import instruments
+
+    from service.security import refuse_websocket
 
     patterns = [re.compile(p) for p in known_patterns]
     paths = set(known)
@@ -44,9 +50,14 @@ def install(known: Iterable[str], known_patterns: Iterable[str] = ()) -> None:
             super().__init__(_RestorePath(app), **kwargs)
 
         async def __call__(self, scope, receive, send):
+            kind = scope["type"]
+            if kind == "websocket":
+                await refuse_websocket(scope, send)
+                return
             path = scope.get("path", "")
             if (
-                scope["type"].startswith("http")
+                bound
+                and kind == "http"
                 and path not in paths
                 and not any(p.fullmatch(path) for p in patterns)
             ):

@@ -1,9 +1,17 @@
-"""An ASGI guard in front of the service's routes: request ids, API key, per-client rate limit,
-content type, a body-size limit enforced while reading, rejection counting, and no stack traces out."""
+"""An ASGI guard in front of the service's routes: request ids, API key, per-client rate limits,
+content type, a body-size limit enforced while reading, rejection counting, and no stack traces out.
+
+The guard denies by default: a request is public only when it reads (GET or HEAD) one of a few exact
+paths (health, readiness, metrics, the docs, v2 health and model metadata). Every other request, in
+any method and any spelling of any path (a 404, a redirect, a spelling the router still matches),
+passes the whole guard (CORS preflights aside). Paths holding control characters are refused before
+anything else: the router's patterns end in `$`, which also matches before a trailing newline, so
+`/predict%0A` routes to /predict. Websocket handshakes are refused outright: the service has no
+websocket route.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -12,40 +20,69 @@ import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from contextvars import ContextVar
+from pathlib import Path
 
 from service import metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INFER_RE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+V2_METADATA = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/ready)?")
+READS = frozenset({"GET", "HEAD"})
+ALWAYS_OPEN = frozenset({"/livez", "/healthz"})  # liveness probes, also with protect_all
+OPEN = frozenset(
+    {
+        "/",
+        "/readyz",
+        "/metrics",
+        "/docs.json",
+        "/schema.json",
+        "/v2",
+        "/v2/",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
+)
 MAX_CLIENTS = 10_000
 REQUEST_ID: ContextVar[str] = ContextVar(
     "nnship_request_id", default=""
 )  # set for the handlers below
 WANTED = frozenset(
-    {b"x-request-id", b"authorization", b"x-api-key", b"content-type", b"content-length"}
+    {
+        b"x-request-id",
+        b"authorization",
+        b"x-api-key",
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"access-control-request-method",
+    }
 )
-
-
-def is_inference(method: str, path: str) -> bool:
-    return method == "POST" and (path == "/predict" or bool(INFER_RE.match(path)))
+Refusal = tuple[int, str, str, dict[str, str]]  # status, reason, message, extra headers
 
 
 class TokenBuckets:
-    """Per-client token buckets in a bounded LRU (rate tokens per second, `burst` deep)."""
+    """Per-client token buckets in a bounded LRU (`rate` tokens per second, `burst` deep)."""
 
-    def __init__(self, rate: float, burst: int):
+    def __init__(
+        self, rate: float, burst: int = 0, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate, self.burst = rate, burst or max(1, int(2 * rate))
+        self.now = now
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def _level(self, bucket: tuple[float, float], now: float) -> float:
+        return min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+
     def take(self, client: str, now: float | None = None) -> float:
-        """0 when allowed, else seconds until a token is available."""
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        """0 when a token was taken, else seconds until one is available (nothing taken)."""
+        now = self.now() if now is None else now
+        tokens = self._level(self._buckets.pop(client, (float(self.burst), now)), now)
         wait = 0.0
         if tokens >= 1:
             tokens -= 1
@@ -56,149 +93,225 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
         return wait
 
+    def wait(self, client: str, now: float | None = None) -> float:
+        """Seconds until `client` has a token (0: it has one now); takes nothing."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return 0.0
+        tokens = self._level(bucket, self.now() if now is None else now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+
+def trust_forwarded(proxies: str) -> None:
+    """Let uvicorn believe X-Forwarded-For only from these proxy addresses (none when empty).
+
+    uvicorn trusts 127.0.0.1 unless told otherwise, and rewrites the client address from the header,
+    so every made-up header would buy a fresh rate-limit bucket. BentoML's worker builds uvicorn's
+    config from FORWARDED_ALLOW_IPS after it has imported the service: set at import, it holds.
+    """
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(p.strip() for p in proxies.split(",") if p.strip())
+
+
+def _static_paths() -> frozenset[str]:
+    """The docs page's own assets, served from BentoML's static folder."""
+    from bentoml._internal import server
+
+    folder = Path(server.__file__).parent / "static_content"
+    return frozenset(f"/static_content/{p.name}" for p in folder.iterdir() if p.is_file())
+
+
+def _error(reason: str, message: str, rid: str) -> bytes:
+    return json.dumps(
+        {
+            "error": message,
+            "detail": [{"loc": [], "type": reason, "msg": message}],
+            "request_id": rid,
+        }
+    ).encode()
+
+
+def _presented_key(headers: dict[str, str]) -> str:
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return headers.get("x-api-key", "")
+
+
+async def refuse_websocket(scope, send) -> None:
+    """Refuse a websocket handshake with 400 (403 where the server cannot send a body)."""
+    metrics.reject("websocket")
+    rid = os.urandom(12).hex()
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = _error("websocket", "websocket upgrades are not served here", rid)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", rid.encode()),
+    ]
+    await send({"type": "websocket.http.response.start", "status": 400, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
 
 class Guard:
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings) -> None:
         self.app = app
         self.settings = settings
         self.key = settings.api_key().encode()
+        self.open = OPEN | _static_paths()
         self.buckets = (
             TokenBuckets(settings.rate_limit, settings.rate_burst)
             if settings.rate_limit > 0
             else None
         )
+        n = settings.auth_failures_per_minute
+        self.failures = TokenBuckets(n / 60, n) if n > 0 else None
 
-    async def _reply(
-        self,
-        send,
-        status: int,
-        reason: str,
-        message: str,
-        rid: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def public(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        """Only reads of health, readiness, metrics, docs and v2 metadata skip the guard, and CORS
+        preflights (browsers never send credentials with them; no route infers on OPTIONS)."""
+        if method not in READS:
+            return method == "OPTIONS" and "access-control-request-method" in headers
+        if path in ALWAYS_OPEN:
+            return True
+        if self.settings.protect_all:
+            return False
+        return path in self.open or V2_METADATA.fullmatch(path) is not None
+
+    def authenticate(self, addr: str, headers: dict[str, str]) -> Refusal | None:
+        """The key, unless this client has failed too often lately (then not even compared)."""
+        if self.failures is not None and (wait := self.failures.wait(addr)) > 0:
+            return (
+                429,
+                "auth_limited",
+                "too many failed authentications; retry later",
+                {"retry-after": str(max(1, math.ceil(wait)))},
+            )
+        given = _presented_key(headers)
+        if hmac.compare_digest(given.encode(), self.key):
+            return None
+        if given and self.failures is not None:  # a wrong key is a guess; a missing one is not
+            self.failures.take(addr)
+        return (
+            401,
+            "unauthorized",
+            "missing or wrong API key",
+            {"www-authenticate": 'Bearer realm="nnship"'},
+        )
+
+    def limit_rate(self, addr: str) -> Refusal | None:
+        if self.buckets is None or (wait := self.buckets.take(addr)) == 0:
+            return None
+        return (
+            429,
+            "rate_limited",
+            "rate limit exceeded",
+            {"retry-after": str(max(1, math.ceil(wait)))},
+        )
+
+    def check_body_headers(self, headers: dict[str, str]) -> Refusal | None:
+        """Content type and declared length of a request that has a body."""
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("application/json", ""):  # no header: JSON, as BentoML and Triton take it
+            message = f"content type {ctype!r} is not accepted; send application/json"
+            return 415, "content_type", message, {}
+        declared = headers.get("content-length")
+        limit = self.settings.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return 413, "body_too_large", f"request body over the {limit}-byte limit", {}
+        return None
+
+    async def _reply(self, send, refusal: Refusal, rid: str) -> None:
+        status, reason, message, extra = refusal
         metrics.reject(reason)
-        body = json.dumps(
-            {
-                "error": message,
-                "detail": [{"loc": [], "type": reason, "msg": message}],
-                "request_id": rid,
-            }
-        ).encode()
+        body = _error(reason, message, rid)
         hdrs = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", rid.encode()),
         ]
-        hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        hdrs += [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    async def _read_body(self, receive, send, rid: str) -> bytes | None:
+        """The whole body, read to at most the limit whatever the client claims (None: answered)."""
+        limit = self.settings.max_body_bytes
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                message = f"request body over the {limit}-byte limit"
+                await self._reply(send, (413, "body_too_large", message, {}), rid)
+                return None
+        return bytes(body)
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":
+                await refuse_websocket(scope, send)
+            else:
+                await self.app(scope, receive, send)
             return
         headers: dict[str, str] = {}
-        for k, v in scope.get("headers", ()):  # ASGI servers lower-case header names
+        for k, v in scope["headers"]:  # ASGI servers lower-case header names
             if k in WANTED:
                 headers[k.decode()] = v.decode("latin-1")
         rid = headers.get("x-request-id", "")
         if not REQUEST_ID_RE.fullmatch(rid):
             rid = os.urandom(12).hex()
+        method, path = scope["method"], scope["path"]
+        if CONTROL.search(path) or CONTROL_BYTES.search(scope.get("raw_path") or b""):
+            refusal = (400, "bad_path", "the request path holds control characters", {})
+            await self._reply(send, refusal, rid)
+            return
         # exactly one x-request-id reaches the app: the checked one
         kept = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
         scope = {**scope, "headers": [*kept, (b"x-request-id", rid.encode())]}
-        method, path = scope["method"], scope["path"]
-        infer = is_inference(method, path)
-        if self.key and (
-            infer or (self.settings.protect_all and path not in ("/livez", "/healthz"))
-        ):
-            given = headers.get("x-api-key", "")
-            auth = headers.get("authorization", "")
-            if auth.lower().startswith("bearer "):
-                given = auth[7:].strip()
-            if not hmac.compare_digest(given.encode(), self.key):
-                await self._reply(
-                    send,
-                    401,
-                    "unauthorized",
-                    "missing or wrong API key",
-                    rid,
-                    {"www-authenticate": 'Bearer realm="nnship"'},
-                )
-                return
-        if infer and self.buckets is not None:
-            # the address, plus the key once verified: a made-up key header must not buy a fresh bucket
+        guarded = not self.public(method, path, headers)
+        with_body = guarded and (
+            headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        )
+        if guarded:
             addr = (scope.get("client") or ("-",))[0]
-            client = f"{addr}|{given}" if self.key else addr
-            wait = self.buckets.take(hashlib.sha256(client.encode()).hexdigest())
-            if wait > 0:
-                await self._reply(
-                    send,
-                    429,
-                    "rate_limited",
-                    "rate limit exceeded",
-                    rid,
-                    {"retry-after": str(max(1, math.ceil(wait)))},
-                )
+            refusal = self.authenticate(addr, headers) if self.key else None
+            if refusal is None:
+                refusal = self.limit_rate(addr)
+            if refusal is None and with_body:
+                refusal = self.check_body_headers(headers)
+            if refusal is not None:
+                await self._reply(send, refusal, rid)
                 return
-        if infer:
-            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype not in (
-                "application/json",
-                "",
-            ):  # no header: JSON, as BentoML and Triton take it
-                await self._reply(
-                    send,
-                    415,
-                    "content_type",
-                    f"content type {ctype!r} is not accepted; send application/json",
-                    rid,
-                )
-                return
-            declared = headers.get("content-length")
-            limit = self.settings.max_body_bytes
-            if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                await self._reply(
-                    send, 413, "body_too_large", f"request body over the {limit}-byte limit", rid
-                )
-                return
-            body, more = bytearray(), True
-            while more:  # read at most `limit` bytes, whatever the client claims
-                message = await receive()
-                if message["type"] == "http.disconnect":
+            if with_body:
+                body = await self._read_body(receive, send, rid)
+                if body is None:
                     return
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > limit:
-                    await self._reply(
-                        send,
-                        413,
-                        "body_too_large",
-                        f"request body over the {limit}-byte limit",
-                        rid,
-                    )
-                    return
-            receive = _replay(bytes(body), receive)
+                receive = _replay(body, receive)
+        await self._forward(scope, receive, send, rid, with_body)
 
+    async def _forward(self, scope, receive, send, rid: str, with_body: bool) -> None:
+        """The app, with the request id on its answer and a JSON 500 for what it raises."""
         started = False
 
-        async def send_wrapper(message):
+        async def send_wrapper(message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 hdrs = list(message.get("headers", []))
                 reason = next((v.decode() for k, v in hdrs if k == b"x-nnship-reject"), None)
                 if reason is not None:
                     metrics.reject(reason)
-                elif infer and message["status"] == 400:
+                elif with_body and message["status"] == 400:
                     metrics.reject("malformed")  # BentoML's own parser refused the body
                 if not any(k == b"x-request-id" for k, _ in hdrs):
                     hdrs.append((b"x-request-id", rid.encode()))
-                message = {**message, "headers": hdrs}
-                await send(message)
-                started = (
-                    True  # only once it really went out: the 500 fallback below stays possible
-                )
+                await send({**message, "headers": hdrs})
+                started = True  # only once it really went out: the 500 fallback stays possible
                 return
             await send(message)
 
@@ -206,7 +319,9 @@ class Guard:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
-            log.exception("request %s %s failed (request id %s)", method, path, rid)
+            log.exception(
+                "request %s %s failed (request id %s)", scope["method"], scope["path"], rid
+            )
             if not started:
                 body = json.dumps({"error": "internal error", "request_id": rid}).encode()
                 await send(

@@ -13,6 +13,11 @@ from pydantic import Field, TypeAdapter, ValidationError
 from export.store import takes_sequences
 
 F32_MAX = float(np.finfo(np.float32).max)
+# a request's bytes per value (a 39-digit integer, or a float64 repr, with separator and the
+# indentation of pretty-printed JSON) and for everything else in it: a larger body cannot be a valid
+# request for the model, and is refused before it is parsed (json.loads takes ~40 ms per MiB)
+BYTES_PER_VALUE = 64
+BODY_OVERHEAD = 64 << 10
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 # closed set of rejection reasons (metric label values)
@@ -31,6 +36,9 @@ REASONS = (
     "content_type",
     "unauthorized",
     "rate_limited",
+    "auth_limited",
+    "bad_path",
+    "websocket",
     "unknown_model",
     "unsupported",
 )
@@ -97,6 +105,8 @@ class Validator:
         self.max_rows = max_rows
         self.max_seq = max_seq_len or 4 * self.shape[0] if self.sequence else 0
         self.strict_range = strict_range
+        classification = manifest.get("task") == "classification"
+        self.outputs = ("output", "probabilities") if classification else ("output",)
         self.feature_names = spec["feature_names"]
         stats = spec["stats"]
         lo = np.array([s["min"] for s in stats])
@@ -111,6 +121,23 @@ class Validator:
                 inner = Annotated[list[inner], Field(min_length=dim, max_length=dim)]
         self.rows = TypeAdapter(Annotated[list[inner], Field(min_length=1, max_length=max_rows)])
         self.flat = TypeAdapter(list[Number])
+        rows = max_rows * (self.max_seq if self.sequence else 1)
+        values = rows * math.prod(self.shape[1:] if self.sequence else self.shape)
+        self.max_body = BODY_OVERHEAD + BYTES_PER_VALUE * values
+
+    def parse(self, raw: bytes, **options: Any) -> Any:
+        """A request body as JSON, refused unparsed when it is larger than any valid request."""
+        if len(raw) > self.max_body:
+            raise RequestError(
+                413,
+                "body_too_large",
+                [],
+                "model_body_limit",
+                f"a {len(raw)}-byte body is larger than any valid request for this model "
+                f"(at most {self.max_body} bytes: {BYTES_PER_VALUE} per value plus "
+                f"{BODY_OVERHEAD // 1024} KiB)",
+            )
+        return parse_json(raw, **options)
 
     # -- errors ----------------------------------------------------------------------------------
     def _from_pydantic(self, e: ValidationError, field: str) -> RequestError:
@@ -168,7 +195,7 @@ class Validator:
     # -- the two request formats -----------------------------------------------------------------------
     def predict_body(self, raw: bytes) -> np.ndarray:
         """A whole /predict body: a JSON object holding `inputs` and nothing else."""
-        body = parse_json(raw)
+        body = self.parse(raw)
         if not isinstance(body, dict):
             raise RequestError(
                 400,
@@ -210,7 +237,11 @@ class Validator:
         return self._finish(np.asarray(rows, dtype=np.float64), "inputs")
 
     def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
-        """An Open Inference Protocol v2 request -> (float32 array, requested output names)."""
+        """An Open Inference Protocol v2 request -> (float32 array, requested output names).
+
+        Cheap checks come first (the tensor's name, datatype, shape, the requested outputs, then the
+        element count of `data` against the shape, counted without copying), so a bad request is
+        refused after work bounded by the largest valid request, not by the size of its body."""
         if not isinstance(body, dict):
             raise RequestError(
                 400, "malformed", [], "object_required", "the request body must be a JSON object"
@@ -225,13 +256,38 @@ class Validator:
                 "expected exactly one input tensor object",
             )
         t = tensors[0]
+        self._check_tensor_header(t)
+        shape = t.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise RequestError(
+                400,
+                "malformed",
+                ["inputs", 0, "shape"],
+                "int_list",
+                "shape must be a list of integers",
+            )
+        self._check_shape(tuple(shape))
+        names = self._output_names(body.get("outputs"))
+        flat = _flatten(t.get("data"), math.prod(shape), shape)
+        try:
+            values = self.flat.validate_python(flat)
+        except ValidationError as e:
+            err = self._from_pydantic(e, "data")
+            err.loc = ["inputs", 0, "data", *err.loc[1:]]
+            raise err from None
+        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(shape), names
+
+    def _check_tensor_header(self, t: dict[str, Any]) -> None:
+        """The input tensor's name, datatype and parameters."""
         if t.get("name") != "input":
             raise RequestError(
                 400,
                 "malformed",
                 ["inputs", 0, "name"],
                 "input_name",
-                f"unknown input {t.get('name')!r}; this model takes 'input'",
+                f"unknown input {_short(t.get('name'))}; this model takes 'input'",
             )
         if t.get("datatype") != "FP32":
             raise RequestError(
@@ -239,7 +295,7 @@ class Validator:
                 "type",
                 ["inputs", 0, "datatype"],
                 "datatype",
-                f"datatype {t.get('datatype')!r} is not accepted; send FP32",
+                f"datatype {_short(t.get('datatype'))} is not accepted; send FP32",
             )
         params = t.get("parameters")
         if params is not None and not isinstance(params, dict):
@@ -258,47 +314,43 @@ class Validator:
                 "json_data_only",
                 "binary tensor data is not supported; send JSON data (binary_data=False)",
             )
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
-        ):
+
+    def _output_names(self, outputs: Any) -> list[str] | None:
+        """The requested outputs, each known output at most once: an answer holds at most max_rows
+        rows of each output, and a longer list is refused by its first repeated or unknown name
+        (after at most one more item than the model has outputs)."""
+        if outputs is None:
+            return None
+        loc = ["outputs"]
+        if not isinstance(outputs, list):
             raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "shape"],
-                "int_list",
-                "shape must be a list of integers",
+                400, "malformed", loc, "object_list", "outputs must be a list of objects"
             )
-        self._check_shape(tuple(shape))
-        flat = _flatten(t.get("data"))
-        try:
-            values = self.flat.validate_python(flat)
-        except ValidationError as e:
-            err = self._from_pydantic(e, "data")
-            err.loc = ["inputs", 0, "data", *err.loc[1:]]
-            raise err from None
-        if len(values) != math.prod(shape):
-            raise RequestError(
-                400,
-                "shape",
-                ["inputs", 0, "data"],
-                "size_matches_shape",
-                f"{len(values)} values do not fill shape {shape}",
-            )
-        x = self._finish(np.asarray(values, dtype=np.float64), "data").reshape(shape)
-        outputs = body.get("outputs")
-        names = None
-        if outputs is not None:
-            if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        names: list[str] = []
+        for i, o in enumerate(outputs):
+            if not isinstance(o, dict):
+                raise RequestError(
+                    400, "malformed", [*loc, i], "object_required", "an output must be an object"
+                )
+            name = o.get("name")
+            if name in names:
                 raise RequestError(
                     400,
                     "malformed",
-                    ["outputs"],
-                    "object_list",
-                    "outputs must be a list of objects",
+                    [*loc, i, "name"],
+                    "duplicate_output",
+                    f"output {name!r} is requested more than once",
                 )
-            names = [o.get("name") for o in outputs]
-        return x, names
+            if name not in self.outputs:
+                raise RequestError(
+                    400,
+                    "malformed",
+                    [*loc, i, "name"],
+                    "output_name",
+                    f"unknown output {_short(name)}; available: {list(self.outputs)}",
+                )
+            names.append(name)
+        return names
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         loc = ["inputs", 0, "shape"]
@@ -357,20 +409,51 @@ class Validator:
         return [int(r) for r in rows], counts
 
 
-def _flatten(data: Any) -> list[Any]:
-    """Row-major flattening of nested lists; leaves are checked by the strict number type afterwards."""
+def _short(value: Any, limit: int = 40) -> str:
+    """A client value for an error message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _flatten(data: Any, expected: int, shape: list[int]) -> list[Any]:
+    """Row-major flattening of nested lists, stopped as soon as there are more values than the shape
+    holds (or more lists than a nesting of that shape can have): the work is bounded by the shape,
+    never by the body. Leaves are checked by the strict number type afterwards."""
+    loc = ["inputs", 0, "data"]
     if not isinstance(data, list):
-        raise RequestError(
-            400, "malformed", ["inputs", 0, "data"], "list_required", "data must be a list"
-        )
+        raise RequestError(400, "malformed", loc, "list_required", "data must be a list")
     out: list[Any] = []
+    lists = 1
+    max_lists = sum(math.prod(shape[:k]) for k in range(len(shape)))  # data nested as the shape
     stack = [iter(data)]
     while stack:
         for item in stack[-1]:
             if isinstance(item, list):
+                lists += 1
+                if lists > max_lists:
+                    break
                 stack.append(iter(item))
                 break
             out.append(item)
+            if len(out) > expected:
+                break
         else:
             stack.pop()
+            continue
+        if len(out) > expected or lists > max_lists:
+            raise RequestError(
+                400,
+                "shape",
+                loc,
+                "size_matches_shape",
+                f"data does not fit shape {shape}: more than {expected} values, or nested deeper",
+            )
+    if len(out) != expected:
+        raise RequestError(
+            400,
+            "shape",
+            loc,
+            "size_matches_shape",
+            f"{len(out)} values do not fill shape {shape}",
+        )
     return out

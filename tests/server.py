@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +23,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[str, list[str]]]:
-    """Yields (base URL, the server's output lines so far — refreshed on each read)."""
+def running_server(
+    env: dict[str, str], timeout: float = 90, headers: dict[str, str] | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """Yields (base URL, the server's output lines so far — refreshed on each read); `headers` go
+    with the readiness poll (an API key when the server protects every route)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="nnship-serve-", suffix=".log", delete=False)  # noqa: SIM115
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
@@ -43,6 +47,7 @@ def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[s
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # the server and its workers: one group to kill if they hang
     )
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []
@@ -54,7 +59,7 @@ def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[s
                     f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", headers=headers, timeout=1).status_code == 200:
                     lines[:] = Path(log.name).read_text().splitlines()
                     break
             time.sleep(0.2)
@@ -64,9 +69,10 @@ def running_server(env: dict[str, str], timeout: float = 90) -> Iterator[tuple[s
             )
         yield url, lines
     finally:
-        proc.terminate()
-        try:
+        proc.terminate()  # BentoML drains and stops its workers
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        proc.wait()
         os.unlink(log.name)

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from models import REGISTRY, Network, build_model
 from nnship.errors import NnshipError
-from nnship.io import atomic_write_json, staged_dir
+from nnship.io import atomic_write_json, holds_record, staged_dir
 from training import checkpoint as ckpt
 from training.data import Dataset, Splits, input_stats, load_dataset, split
 from training.metrics import evaluate_arrays
@@ -459,6 +459,25 @@ def _resume_config(cfg: TrainConfig, resume: Path) -> TrainConfig:
     return TrainConfig(**recorded)
 
 
+def _check_out(out: Path, resume: Path | None, overwrite: bool) -> None:
+    """Only a finished nnship run is ever replaced (with --overwrite, or by resuming it in place);
+    any other folder, a symbolic link, or a folder holding the working directory never is."""
+    if out.is_symlink():
+        raise NnshipError(f"--out {out} is a symbolic link; it is never replaced")
+    if not out.exists():
+        return
+    if not holds_record(out, ckpt.META, ckpt.FORMAT) or out.resolve() in [
+        Path.cwd(),
+        *Path.cwd().parents,
+    ]:
+        raise NnshipError(
+            f"--out {out} exists and is not an nnship run directory; it is never replaced"
+        )
+    in_place = resume is not None and out.resolve() == resume.resolve()
+    if not overwrite and not in_place:
+        raise NnshipError(f"{out} already exists; pass --overwrite to replace it")
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     """Train, evaluate on the test split and write the run directory; returns metrics.json's content."""
     t0 = time.perf_counter()
@@ -468,8 +487,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
             ckpt.load_checkpoint(resume)
         cfg = _resume_config(cfg, resume)
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite and (resume is None or out.resolve() != resume.resolve()):
-        raise NnshipError(f"{out} already exists; pass --overwrite to replace it")
+    _check_out(out, resume, cfg.overwrite)
     rank, world, local_rank = _dist_env()
     ds = load_dataset(cfg.dataset, cfg.target, cfg.task)
     cfg = cfg.resolved(ds)

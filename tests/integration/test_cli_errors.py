@@ -88,6 +88,39 @@ def test_existing_output_needs_overwrite(capsys, tiny_run):
     assert rc == 2 and "already exists; pass --overwrite" in err
 
 
+@pytest.mark.parametrize("kind", ["folder", "symlink", "file", "cwd"])
+def test_overwrite_never_replaces_what_is_not_a_run(capsys, tmp_path, monkeypatch, kind):
+    """--overwrite replaces a finished run only: any other folder (or link, or file) stays intact."""
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    if kind == "symlink":
+        link = tmp_path / "link"
+        link.symlink_to(target)
+        out = link
+    elif kind == "file":
+        out = target / "keep.txt"
+    elif kind == "cwd":
+        monkeypatch.chdir(target)
+        out = target
+    else:
+        out = target
+    argv = ["--model", "mlp", "--dataset", "iris", "--epochs", "1", "--out", str(out)]
+    rc, err = _run(capsys, *argv, "--overwrite")
+    assert rc == 2 and "never replaced" in err, err
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_a_finished_run(capsys, tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "stale.txt").write_text("old")
+    argv = ["--model", "mlp", "--dataset", "iris", "--epochs", "1", "--out", str(run)]
+    rc, err = _run(capsys, *argv, "--overwrite")
+    assert rc == 0, err
+    assert (run / "checkpoint.json").is_file() and not (run / "stale.txt").exists()
+
+
 @pytest.mark.parametrize("damage", ["tamper", "no-json", "no-weights", "other-arch"])
 def test_resume_from_bad_checkpoint(capsys, tiny_run, tmp_path, damage):
     run = tmp_path / "run"

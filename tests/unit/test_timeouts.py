@@ -66,3 +66,26 @@ async def swallows_cancel(scope, receive, send):
 def test_an_app_that_answers_after_the_deadline_does_not_break_the_middleware():
     sent, _ = _run(CancellingTimeout(swallows_cancel, timeout=0.05))
     assert sent[0]["status"] in (200, 504)  # whichever went first; no RuntimeError from the timer
+
+
+def test_the_deadline_covers_the_answer_a_client_never_reads():
+    """A send stalled by a client that never reads is cut at the deadline: the request ends (its
+    concurrency slot freed) with no 504 after the answer started."""
+    sent = []
+
+    async def stalled_send(message):
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the transport's buffer never drains
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def main():
+        app = CancellingTimeout(fast, timeout=0.05)
+        await asyncio.wait_for(
+            app({"type": "http", "method": "POST", "path": "/x"}, receive, stalled_send), 2
+        )
+
+    asyncio.run(main())
+    assert sent == ["http.response.start", "http.response.body"]

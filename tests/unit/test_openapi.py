@@ -1,0 +1,76 @@
+"""The OpenAPI document's shapes and statuses, built from a manifest without a server."""
+
+from types import SimpleNamespace
+
+from service.openapi import document
+from service.validation import Validator
+
+
+def manifest(family, shape, task="classification"):
+    stats = [{"name": f"f{i}", "min": 0.0, "max": 1.0} for i in range(shape[-1])]
+    axes = ["batch", "sequence"] if family == "gru" else ["batch"]
+    return {
+        "family": family,
+        "task": task,
+        "exporter": {"dynamic_axes": axes},
+        "input": {"shape": shape, "feature_names": [s["name"] for s in stats], "stats": stats},
+    }
+
+
+def served(family, shape, task="classification", max_rows=8):
+    labels = ["a", "b"] if task == "classification" else []
+    return SimpleNamespace(
+        model="m",
+        version="v1",
+        labels=labels,
+        classification=task == "classification",
+        runtime=SimpleNamespace(variant="fp32"),
+        validator=Validator(manifest(family, shape, task), max_rows=max_rows, max_seq_len=20),
+    )
+
+
+BASE = {
+    "info": {},
+    "paths": {
+        "/livez": {"get": {"responses": {"200": {"description": "ok"}}}},
+        "/readyz": {"get": {"responses": {"200": {"description": "ok"}}}},
+        "/predict": {"post": {"responses": {}, "requestBody": {}}},
+    },
+    "components": {"schemas": {"predict__Input": {}}},
+}
+
+
+def _axes(schema):
+    out = []
+    while schema.get("type") == "array":
+        out.append((schema["minItems"], schema["maxItems"]))
+        schema = schema["items"]
+    return out, schema
+
+
+def test_image_and_sequence_shapes():
+    doc = document(BASE, served("cnn", [1, 2, 3]))
+    axes, leaf = _axes(doc["components"]["schemas"]["PredictRequest"]["properties"]["inputs"])
+    assert axes == [(1, 8), (1, 1), (2, 2), (3, 3)] and leaf["maximum"] > 3e38
+    doc = document(BASE, served("gru", [5, 3]))
+    axes, _ = _axes(doc["components"]["schemas"]["PredictRequest"]["properties"]["inputs"])
+    assert axes == [(1, 8), (1, 20), (3, 3)]
+    assert "sequence length" in doc["info"]["description"]
+
+
+def test_regression_answer_and_outputs():
+    doc = document(BASE, served("mlp", [4], task="regression"))
+    schemas = doc["components"]["schemas"]
+    answer = schemas["PredictAnswer"]
+    assert "probabilities" not in answer["properties"]
+    assert answer["properties"]["predictions"]["items"] == {"type": "number"}
+    outputs = schemas["V2InferRequest"]["properties"]["outputs"]
+    assert outputs["maxItems"] == 1 and outputs["items"]["properties"]["name"]["enum"] == ["output"]
+    assert "predict__Input" not in schemas  # BentoML's loose schemas are replaced
+
+
+def test_every_status_documented_and_base_untouched():
+    doc = document(BASE, served("mlp", [4]))
+    assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "401", "429", "500", "503"}
+    assert set(doc["paths"]["/livez"]["get"]["responses"]) == {"200", "500"}
+    assert BASE["paths"]["/predict"]["post"]["responses"] == {}

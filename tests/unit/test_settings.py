@@ -1,0 +1,108 @@
+"""Every setting has a type and a declared range; a value outside it is refused in one line."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields
+
+import pytest
+
+from nnship.cli import main
+from nnship.errors import NnshipError
+from service.settings import Settings, variable
+
+NUMERIC = [f for f in fields(Settings) if type(f.default) in (int, float)]
+
+
+def test_every_number_declares_its_range():
+    assert NUMERIC
+    for f in NUMERIC:
+        low, high = f.metadata["range"]
+        assert math.isfinite(low) and math.isfinite(high) and low <= f.default <= high, f.name
+
+
+def out_of_range(f) -> list[str]:
+    """Values just outside the field's range, and the non-finite ones for floats."""
+    low, high = f.metadata["range"]
+    step = 1 if type(f.default) is int else 0.001
+    values = [low - step, high + step, -1, 10**12]
+    if type(f.default) is float:
+        values += [math.nan, math.inf, -math.inf]
+    return [str(v) for v in values if not low <= v <= high]
+
+
+CASES = [(f.name, raw) for f in NUMERIC for raw in out_of_range(f)]
+
+
+@pytest.mark.parametrize(("name", "raw"), CASES, ids=[f"{n}={r}" for n, r in CASES])
+def test_out_of_range_refused_in_one_line(name, raw):
+    with pytest.raises(NnshipError) as e:
+        Settings.from_env({variable(name): raw})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{variable(name)}=")
+    assert "out of range: allowed is " in msg or "is not a valid int" in msg
+
+
+@pytest.mark.parametrize("f", NUMERIC, ids=[f.name for f in NUMERIC])
+def test_bounds_themselves_accepted(f):
+    low, high = f.metadata["range"]
+    for v in (low, high):
+        assert getattr(Settings.from_env({variable(f.name): str(v)}), f.name) == v
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NNSHIP_TIMEOUT_S": "nan"}, "NNSHIP_TIMEOUT_S=nan is out of range: allowed is a finite"),
+        ({"NNSHIP_MAX_WAIT_MS": "inf"}, "NNSHIP_MAX_WAIT_MS=inf is out of range"),
+        ({"NNSHIP_RATE_LIMIT": "inf"}, "NNSHIP_RATE_LIMIT=inf is out of range"),
+        ({"NNSHIP_MAX_CONCURRENCY": "0"}, "allowed is an integer from 1 to 1000000"),
+        ({"NNSHIP_WORKERS": "2.5"}, "NNSHIP_WORKERS='2.5' is not a valid int"),
+        ({"NNSHIP_PROTECT_ALL": "maybe"}, "NNSHIP_PROTECT_ALL='maybe' is not a valid bool"),
+        ({"NNSHIP_PREDICT_ROUTE": "fast"}, "must be one of asgi, bentoml"),
+        ({"NNSHIP_API_KEY_ENV": "MY-KEY"}, "not an environment variable name"),
+    ],
+)
+def test_reported_values(env, message):
+    with pytest.raises(NnshipError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_values_in_code_are_checked_too():
+    with pytest.raises(NnshipError, match=r"NNSHIP_MAX_ROWS=1\.5 is not a valid int"):
+        Settings(max_rows=1.5)
+    with pytest.raises(NnshipError, match="NNSHIP_GRACE_S=0 is out of range"):
+        Settings(grace_s=0)
+
+
+def test_named_key_variable_must_be_set(monkeypatch):
+    monkeypatch.delenv("NNSHIP_TEST_KEY", raising=False)
+    s = Settings(api_key_env="NNSHIP_TEST_KEY")
+    assert s.required_api_key(explicit=False) == ""  # the default: a warning at start-up
+    with pytest.raises(NnshipError, match=r"API key variable NNSHIP_TEST_KEY .* is unset or empty"):
+        s.required_api_key(explicit=True)
+    monkeypatch.setenv("NNSHIP_TEST_KEY", "")
+    with pytest.raises(NnshipError):
+        s.required_api_key(explicit=True)
+    monkeypatch.setenv("NNSHIP_TEST_KEY", "k")
+    assert s.required_api_key(explicit=True) == "k"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--timeout-s", "nan"], "NNSHIP_TIMEOUT_S=nan is out of range"),
+        (["--max-wait-ms", "inf"], "NNSHIP_MAX_WAIT_MS=inf is out of range"),
+        (["--rate-limit", "inf"], "NNSHIP_RATE_LIMIT=inf is out of range"),
+        (["--max-concurrency", "0"], "NNSHIP_MAX_CONCURRENCY=0 is out of range"),
+        (["--grace-s", "-1"], "NNSHIP_GRACE_S=-1.0 is out of range"),
+        (["--api-key-env", "NNSHIP_TEST_KEY"], "API key variable NNSHIP_TEST_KEY"),
+    ],
+)
+def test_serve_flags_refused_in_one_line(capsys, monkeypatch, argv, message):
+    """Refused before anything starts: no model lookup, no server."""
+    monkeypatch.delenv("NNSHIP_TEST_KEY", raising=False)
+    assert main(["serve", "no-such-model:v1", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nnship: error: ") and "\n" not in err and message in err
