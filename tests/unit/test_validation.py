@@ -136,7 +136,9 @@ def test_settings_from_env():
     with pytest.raises(NnshipError, match="NNSHIP_STRICT_RANGE='maybe'"):
         Settings.from_env({"NNSHIP_STRICT_RANGE": "maybe"})
     assert Settings.from_env({"NNSHIP_PREDICT_ROUTE": "bentoml"}).predict_route == "bentoml"
-    with pytest.raises(NnshipError, match="NNSHIP_PREDICT_ROUTE='fast': must be one of asgi, bentoml"):
+    with pytest.raises(
+        NnshipError, match="NNSHIP_PREDICT_ROUTE='fast': must be one of asgi, bentoml"
+    ):
         Settings.from_env({"NNSHIP_PREDICT_ROUTE": "fast"})
 
 
