@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import gc
 import json
 import logging
 import os
 import re
-import signal
-import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,35 +18,27 @@ import numpy as np
 from pydantic import Field
 from starlette.responses import JSONResponse
 
-from export.store import load_package
 from nnship.errors import NnshipError
-from service import looplag, metrics, pathlabels, timeouts
+from service import lifecycle, looplag, metrics, pathlabels, timeouts
 from service.batching import AdaptiveBatcher, Overloaded
 from service.endpoint import PredictEndpoint
 from service.oip import STATE, oip_app
 from service.openapi import OpenAPIDocument
 from service.runtime import Runtime, load_runtime
 from service.security import REQUEST_ID, Guard, trust_forwarded
-from service.settings import SERVE_TOKEN_ENV, SERVE_TOKEN_HEADER, Settings, api_key_env_named
+from service.settings import SERVE_TOKEN_ENV, Settings
 from service.validation import RequestError, Validator
 
 log = logging.getLogger(__name__)
 logging.getLogger("service").setLevel(
     logging.INFO
 )  # BentoML's server logging keeps other loggers at WARNING
-ARBITER_ENV = "NNSHIP_ARBITER_PID"  # set by `bentoml serve`'s main process for its workers
-
-
-def _fail(e: NnshipError) -> None:
-    """One line on stderr and exit 2: bad settings or a bad model are not bugs in the server."""
-    print(f"nnship: error: {e}", file=sys.stderr, flush=True)
-    raise SystemExit(2) from None
 
 
 try:
     SETTINGS = Settings.from_env()
 except NnshipError as e:
-    _fail(e)
+    lifecycle.fail(e)
 
 
 def _model_name(ref: str) -> str:
@@ -74,82 +60,8 @@ def _declared_model(ref: str) -> bentoml.models.BentoModel | None:
         return None
 
 
-def _in_serve_main_process() -> bool:
-    """True in `bentoml serve`'s main process (the arbiter, before it starts any worker)."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    return (
-        ctx is not None
-        and ctx.command.name == "serve"
-        and bentoml.server_context.worker_index is None
-    )
-
-
-def _preflight() -> None:
-    """Refuse a missing key, a bad model or variant once, before workers that would fail forever."""
-    try:
-        SETTINGS.required_api_key(api_key_env_named())
-        package = load_package(SETTINGS.model)
-        if SETTINGS.variant != "auto":
-            package.variant_path(SETTINGS.variant)
-    except NnshipError as e:
-        _fail(e)
-    if not SETTINGS.api_key():
-        log.warning(
-            "authentication is off: %s is unset or empty, so every route answers without a key",
-            SETTINGS.api_key_env,
-        )
-    os.environ[ARBITER_ENV] = str(os.getpid())  # the workers inherit it
-    signal.signal(signal.SIGUSR2, _on_worker_failure)
-
-
-def _on_worker_failure(_signum: int, _frame: Any) -> None:
-    """A worker could not start: stop the whole server (circus quits on SIGTERM), then exit 2."""
-    atexit.register(os._exit, 2)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _stop_server() -> None:
-    """From a worker that cannot start: ask `bentoml serve`'s main process to stop, not respawn it."""
-    if os.environ.get(ARBITER_ENV) == str(os.getppid()):
-        os.kill(os.getppid(), signal.SIGUSR2)
-
-
-def _listening_fd() -> int | None:
-    """The listening socket a `bentoml serve` worker was handed (`--fd N`), if this is one."""
-    if bentoml.server_context.worker_index is None or "--fd" not in sys.argv:
-        return None
-    return int(sys.argv[sys.argv.index("--fd") + 1])
-
-
-def _refuse_new_connections_on_stop(fd: int) -> None:
-    """On SIGTERM/SIGINT stop the shared listening socket before draining, so that new
-    connections are refused at once instead of queueing unanswered until the server exits."""
-    loop = asyncio.get_running_loop()
-
-    def stop_listening() -> None:
-        loop.remove_reader(fd)  # uvicorn's accept callback on this very descriptor
-        # Linux: the socket, shared with the arbiter and the other workers, stops listening
-        with (
-            contextlib.suppress(OSError),
-            socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as s,
-        ):
-            s.shutdown(socket.SHUT_RD)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)  # uvicorn's: starts the graceful shutdown
-
-        def on_stop(signum: int, frame: Any, previous: Any = previous) -> None:
-            loop.call_soon_threadsafe(stop_listening)
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(sig, on_stop)
-
-
-if _in_serve_main_process():
-    _preflight()
+if lifecycle.in_serve_main_process():
+    lifecycle.preflight(SETTINGS)
 timeouts.install()
 trust_forwarded(SETTINGS.trusted_proxies)  # before BentoML's worker configures uvicorn
 pathlabels.install(  # refuses websockets first; bounds path labels unless switched off
@@ -189,13 +101,13 @@ class NnshipService:
 
     def __init__(self) -> None:
         self.ready = False
-        if (fd := _listening_fd()) is not None:
-            _refuse_new_connections_on_stop(fd)
+        if (fd := lifecycle.listening_fd()) is not None:
+            lifecycle.refuse_new_connections_on_stop(fd)
         try:
             self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
         except NnshipError as e:
             log.error("nnship: error: %s", e)
-            _stop_server()
+            lifecycle.stop_server()
             logging.shutdown()
             os._exit(2)  # one line, no traceback: a bad model is not a bug in the server
         m = self.runtime.manifest
@@ -379,25 +291,6 @@ class NnshipService:
         return await self.respond(self.validator.predict_inputs, inputs)
 
 
-class ServeToken:
-    """Marks /readyz answers with `nnship serve`'s start-up token, so it knows its own server."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app, self.header = app, (SERVE_TOKEN_HEADER.encode(), token.encode())
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] != "/readyz":
-            await self.app(scope, receive, send)
-            return
-
-        async def _send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
-            await send(message)
-
-        await self.app(scope, receive, _send)
-
-
 # outermost first: the guard checks every request, then /predict is answered without the router
 # (with tracing on, BentoML's API layer answers: it links each response to its span by header)
 NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)
@@ -406,4 +299,4 @@ NnshipService.add_asgi_middleware(
 )
 NnshipService.add_asgi_middleware(OpenAPIDocument, service=NnshipService)  # /docs.json
 if os.environ.get(SERVE_TOKEN_ENV):
-    NnshipService.add_asgi_middleware(ServeToken, token=os.environ[SERVE_TOKEN_ENV])
+    NnshipService.add_asgi_middleware(lifecycle.ServeToken, token=os.environ[SERVE_TOKEN_ENV])
