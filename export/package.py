@@ -156,7 +156,7 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
     with (
         step_progress(steps) as progress,
         tempfile.TemporaryDirectory() as work,
-        staged_dir(out, overwrite=replace) as tmp,
+        staged_dir(out, replaceable=is_package if replace else None) as tmp,
     ):
         raw = Path(work) / "raw.onnx"
         exporter = export_onnx(model, raw, onnx_meta)

@@ -108,10 +108,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(
+    final: str | Path, replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """Build a directory under a temp name beside `final`; move it into place only on success.
 
-    The folder gets the umask's usual mode, not mkdtemp's private 0700."""
+    An existing `final` is replaced only when `replaceable(final)` says so at that very moment (it
+    may have changed since the work began); the old folder is moved to a fresh private name first,
+    so nothing else beside `final` is ever touched. The folder gets the umask's usual mode."""
     from nnship.errors import NnshipError
 
     final = Path(final)
@@ -121,11 +125,12 @@ def staged_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.chmod(tmp, dir_mode())
         yield tmp
         if final.exists() or final.is_symlink():
-            if not overwrite:
+            if replaceable is None:
                 raise NnshipError(f"{final} already exists; nothing was replaced")
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+            if final.is_symlink() or not replaceable(final):
+                raise NnshipError(f"{final} is not nnship's to replace; nothing was replaced")
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:

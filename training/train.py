@@ -459,6 +459,10 @@ def _resume_config(cfg: TrainConfig, resume: Path) -> TrainConfig:
     return TrainConfig(**recorded)
 
 
+def _is_run(folder: Path) -> bool:
+    return holds_record(folder, ckpt.META, ckpt.FORMAT)
+
+
 def _check_out(out: Path, resume: Path | None, overwrite: bool) -> None:
     """Only a finished nnship run is ever replaced (with --overwrite, or by resuming it in place);
     any other folder, a symbolic link, or a folder holding the working directory never is."""
@@ -466,7 +470,7 @@ def _check_out(out: Path, resume: Path | None, overwrite: bool) -> None:
         raise NnshipError(f"--out {out} is a symbolic link; it is never replaced")
     if not out.exists():
         return
-    if not holds_record(out, ckpt.META, ckpt.FORMAT) or out.resolve() in [
+    if not _is_run(out) or out.resolve() in [
         Path.cwd(),
         *Path.cwd().parents,
     ]:
@@ -561,7 +565,7 @@ def _write_run(
         "versions": ckpt.library_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    with staged_dir(out, overwrite=True) as tmp:
+    with staged_dir(out, replaceable=_is_run) as tmp:
         ckpt.save_checkpoint(tmp, model, meta)
         trainer._save_snapshot(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)

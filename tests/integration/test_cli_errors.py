@@ -116,9 +116,13 @@ def test_overwrite_replaces_a_finished_run(capsys, tiny_run, tmp_path):
     shutil.copytree(tiny_run, run)
     (run / "stale.txt").write_text("old")
     argv = ["--model", "mlp", "--dataset", "iris", "--epochs", "1", "--out", str(run)]
+    beside = tmp_path / ".run.old"  # a user's folder that a fixed temp name would have hit
+    beside.mkdir()
+    (beside / "mine.txt").write_text("keep")
     rc, err = _run(capsys, *argv, "--overwrite")
     assert rc == 0, err
     assert (run / "checkpoint.json").is_file() and not (run / "stale.txt").exists()
+    assert (beside / "mine.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("damage", ["tamper", "no-json", "no-weights", "other-arch"])

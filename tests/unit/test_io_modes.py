@@ -39,3 +39,23 @@ def test_staged_dir_refuses_an_existing_folder(tmp_path):
         (tmp / "new").write_text("y")
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
     assert (tmp_path / "run" / "keep").read_text() == "x"
+
+
+def test_staged_dir_replaces_only_what_is_replaceable_at_the_end(tmp_path):
+    """The check runs when the folder is replaced, and nothing beside it (`.run.old`) is touched."""
+    final, beside = tmp_path / "run", tmp_path / ".run.old"
+    final.mkdir()
+    (final / "keep").write_text("x")
+    beside.mkdir()
+    (beside / "mine").write_text("y")
+    with (
+        pytest.raises(NnshipError, match="not nnship's to replace"),
+        staged_dir(final, replaceable=lambda p: False) as tmp,
+    ):
+        (tmp / "new").write_text("z")
+    assert (final / "keep").read_text() == "x"
+    with staged_dir(final, replaceable=lambda p: (p / "keep").exists()) as tmp:
+        (tmp / "new").write_text("z")
+    assert [p.name for p in final.iterdir()] == ["new"]
+    assert (beside / "mine").read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.old", "run"]
