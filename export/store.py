@@ -15,6 +15,7 @@ FORMAT = "nnship.package/1"
 MANIFEST = "manifest.json"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 TASKS = ("classification", "regression")
+INPUT, OUTPUT = "input", "output"  # the graph's tensor names, as the exporter writes them
 
 
 def is_package(path: Path) -> bool:
@@ -119,19 +120,60 @@ class Package:
         return self.path / entry["file"]
 
 
+def one_line(text: str) -> str:
+    """An error text on one line: line breaks and runs of blanks become single spaces."""
+    return " ".join(text.split())
+
+
+def graph_mismatch(
+    manifest: dict[str, Any], inputs: dict[str, list[Any]], outputs: dict[str, list[Any]]
+) -> str | None:
+    """How the manifest disagrees with the ONNX graph's `input` and `output` shapes (names to
+    dims; a str, None or negative dim is dynamic and fits anything), or None when it agrees."""
+    if INPUT not in inputs or OUTPUT not in outputs:
+        return f"the graph takes {sorted(inputs)} and gives {sorted(outputs)}, not input/output"
+    shape, graph_in = manifest["input"]["shape"], inputs[INPUT]
+    if len(graph_in) != 1 + len(shape) or not all(map(_fits, shape, graph_in[1:])):
+        return (
+            f"input.shape {shape} (rows [batch, *shape]) does not fit the graph's input {graph_in}"
+        )
+    labels, graph_out = manifest["output"]["labels"], outputs[OUTPUT]
+    classes = manifest["task"] == "classification"
+    width = len(labels) if classes else 1
+    if len(graph_out) != 2 or not _fits(width, graph_out[1]):
+        wanted = f"{width} output.labels" if classes else "a regression"
+        return f"{wanted} need output [batch, {width}]; the graph gives {graph_out}"
+    return None
+
+
+def _fits(declared: int, dim: Any) -> bool:
+    """A manifest dimension against a graph one: fixed graph dims must match, dynamic ones fit."""
+    return not isinstance(dim, int) or dim < 0 or dim == declared
+
+
+def _store_path(ref: str) -> Path:
+    """The folder of a store model; any failure of BentoML's lookup is refused in one line."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        tag = bentoml.Tag.from_taglike(ref)
+    except Exception as e:  # ValueError, or BentoMLException for more than one ':'
+        raise NnshipError(f"invalid model tag {ref!r}: {one_line(str(e))}") from e
+    try:
+        return Path(bentoml.models.get(tag).path)
+    except NotFound as e:
+        raise NnshipError(f"model {ref} is not in the BentoML model store") from e
+    except Exception as e:  # a corrupt or missing model.yaml, an unreadable store folder, ...
+        problem = one_line(f"{type(e).__name__}: {e}")
+        raise NnshipError(f"model {ref}: the BentoML model store cannot read it: {problem}") from e
+
+
 def load_package(ref: str | Path, variants: list[str] | None = None) -> Package:
     """A package by store tag (MODEL[:VERSION]) or directory; refuses a tampered or truncated file."""
     path = Path(ref)
     if not path.is_dir():
-        import bentoml
-        from bentoml.exceptions import NotFound
-
-        try:
-            path = Path(bentoml.models.get(str(ref)).path)
-        except NotFound as e:
-            raise NnshipError(f"model {ref} is not in the BentoML model store") from e
-        except ValueError as e:
-            raise NnshipError(f"invalid model tag {ref!r}: {e}") from e
+        path = _store_path(str(ref))
     manifest = read_record(path / MANIFEST, FORMAT, "not an nnship model package")
     try:
         check_manifest(manifest)

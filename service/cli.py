@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
 import logging
 import math
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +32,8 @@ from service.settings import (
 
 log = logging.getLogger(__name__)
 SERVICE = "service.service:NnshipService"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # all drain
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_MARGIN_S = 10.0  # after the grace period: time for the workers' shutdown and the arbiter
 
 
@@ -62,7 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--timeout-s", type=float)
     p.add_argument(
-        "--grace-s", type=float, help="SIGTERM/SIGINT: seconds to finish requests in flight"
+        "--grace-s",
+        type=float,
+        help="SIGTERM/SIGINT/SIGHUP/SIGQUIT: seconds to finish requests in flight",
     )
     p.add_argument(
         "--strict-range",
@@ -88,7 +93,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Refuse a port another server listens on, before anything starts."""
+    """Refuse a bad host or port, or a port another server listens on, before anything starts."""
+    if not 1 <= port <= 65535:
+        raise NnshipError(f"--port {port} is out of range: allowed is an integer from 1 to 65535")
+    if not host or not host.isprintable():
+        raise NnshipError(f"--host {host!r} is not a host name or IP address")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
@@ -98,6 +107,8 @@ def check_port_free(host: str, port: int) -> None:
             if e.errno == errno.EADDRINUSE:
                 raise NnshipError(f"port {port} is in use") from e
             raise NnshipError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+        except (ValueError, UnicodeError) as e:  # an over-long or undecodable name
+            raise NnshipError(f"--host {host!r} is not a host name or IP address ({e})") from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +131,11 @@ def run(args: argparse.Namespace) -> int:
     grace = str(math.ceil(settings.grace_s))
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port"]
     cmd += [str(args.port), "--timeout-graceful-shutdown", grace]
-    url = f"http://{args.host}:{args.port}"
+    url = (
+        f"http://[{args.host}]:{args.port}"
+        if ":" in args.host
+        else f"http://{args.host}:{args.port}"
+    )
     with Supervisor(cmd, env, settings.grace_s) as server:
         if server.wait_ready(url, settings.api_key(), token):
             print(
@@ -131,8 +146,29 @@ def run(args: argparse.Namespace) -> int:
         return server.wait()
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook (Linux) that has the kernel SIGTERM the child when this process dies.
+
+    The child runs in its own session, so a SIGKILL or a hang-up of this process would otherwise
+    leave the server running. The kernel signals when the forking thread exits: the main one here.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before the hook was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 class Supervisor:
-    """`bentoml serve` in its own session: SIGTERM and SIGINT drain it, and no process outlives it."""
+    """`bentoml serve` in its own session: SIGTERM, SIGINT, SIGHUP and SIGQUIT drain it, and no
+    process outlives it (if this process is killed outright, the kernel stops the server)."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], grace_s: float) -> None:
         self.cmd, self.env, self.grace_s = cmd, env, grace_s
@@ -143,7 +179,9 @@ class Supervisor:
     def __enter__(self) -> Supervisor:
         for sig in STOP_SIGNALS:  # before the start: a signal in between must not orphan the server
             self._previous[sig] = signal.signal(sig, self._on_signal)
-        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, start_new_session=True, preexec_fn=die_with_parent()
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -19,6 +19,7 @@ import bentoml
 
 from export.store import load_package
 from nnship.errors import NnshipError
+from service import connections
 from service.settings import SERVE_TOKEN_HEADER, Settings, api_key_env_named
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ def _on_worker_failure(_signum: int, _frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def worker_failed(e: Exception) -> None:
+    """A worker that cannot start: one `nnship: error:` line (no traceback), stop the server, exit 2."""
+    message = str(e) if isinstance(e, NnshipError) else f"start-up failed: {type(e).__name__}: {e}"
+    log.error("nnship: error: %s", " ".join(message.split()))
+    log.debug("start-up failure", exc_info=e)
+    stop_server()
+    logging.shutdown()
+    os._exit(2)  # a bad model is not a bug in the server: no traceback, no respawn
+
+
 def stop_server() -> None:
     """From a worker that cannot start: ask `bentoml serve`'s main process to stop, not respawn it."""
     if os.environ.get(ARBITER_ENV) == str(os.getppid()):
@@ -87,6 +98,7 @@ def refuse_new_connections_on_stop(fd: int) -> None:
 
     def stop_listening() -> None:
         loop.remove_reader(fd)  # uvicorn's accept callback on this very descriptor
+        connections.begin_drain()  # answers from now on close their keep-alive connections
         # Linux: the socket, shared with the arbiter and the other workers, stops listening
         with (
             contextlib.suppress(OSError),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,9 @@ from starlette.routing import Route
 from service.security import REQUEST_ID
 from service.validation import RequestError, printable
 
+log = logging.getLogger(__name__)
+ECHO_CHARS = 64  # client strings echoed in an error are cut to this many characters
+
 
 class _State:
     service: Any = None  # the NnshipService instance of this worker, set once it is warmed up
@@ -24,6 +28,16 @@ STATE = _State()
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "request_id": REQUEST_ID.get()}, status_code=status)
+
+
+def _echo(text: str) -> str:
+    """A client string quoted for an error message, cut short."""
+    return repr(printable(text, ECHO_CHARS))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """What a route raised: the service's JSON 500 (the Guard, outside, logs the exception)."""
+    return _error(500, "internal error")
 
 
 def _unknown(svc: Any, loc: str, message: str) -> Response:
@@ -39,11 +53,13 @@ def _service_or_error(request: Request) -> tuple[Any, Response | None]:
     version = request.path_params.get("version")
     if name is not None and name != svc.model:
         return svc, _unknown(
-            svc, "name", f"unknown model {name!r}; this server serves {svc.model!r}"
+            svc, "name", f"unknown model {_echo(name)}; this server serves {svc.model!r}"
         )
     if version is not None and version != svc.version:
         return svc, _unknown(
-            svc, "version", f"unknown version {version!r} of {svc.model}; serving {svc.version}"
+            svc,
+            "version",
+            f"unknown version {_echo(version)} of {svc.model}; serving {svc.version}",
         )
     return svc, None
 
@@ -159,7 +175,10 @@ def _reject_constant(name: str) -> float:
     )
 
 
+# Starlette's ServerErrorMiddleware answers an exception itself, in plain text, before re-raising
+# it: the handler makes that answer the JSON one (the Guard outside sees a started response)
 oip_app = Starlette(
+    exception_handlers={Exception: _internal_error},
     routes=[
         Route("/", server_metadata, methods=["GET"]),
         Route("/health/live", live, methods=["GET"]),
@@ -170,5 +189,5 @@ oip_app = Starlette(
         Route("/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
         Route("/models/{name}/infer", infer, methods=["POST"]),
         Route("/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
-    ]
+    ],
 )

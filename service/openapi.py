@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from service.oip import STATE
+from service.security import ALWAYS_OPEN
 from service.validation import F32_MAX
 
 log = logging.getLogger(__name__)
@@ -369,8 +370,23 @@ def _op(op_id: str, ok: str, statuses: tuple[int, ...], tags: list[str]) -> dict
     return {"operationId": op_id, "tags": tags, "responses": _responses(ok, statuses)}
 
 
-def document(base: dict[str, Any], svc: Any) -> dict[str, Any]:
-    """BentoML's document `base` (from `Service.openapi_spec`), made to match the loaded model."""
+def _secure(doc: dict[str, Any], protect_all: bool) -> None:
+    """Declare the API key (bearer or X-API-Key) and require it where the guard does."""
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            if method not in ("get", "head") or (protect_all and path not in ALWAYS_OPEN):
+                op["security"] = [{"bearer": []}, {"apiKey": []}]
+
+
+def document(
+    base: dict[str, Any], svc: Any, keyed: bool = False, protect_all: bool = False
+) -> dict[str, Any]:
+    """BentoML's document `base` (from `Service.openapi_spec`), made to match the loaded model;
+    `keyed`: an API key is configured (with `protect_all`, for reads too)."""
     doc = copy.deepcopy(base)
     doc["info"]["title"] = f"nnship: {svc.model}"
     doc["info"]["version"] = svc.version
@@ -397,6 +413,8 @@ def document(base: dict[str, Any], svc: Any) -> dict[str, Any]:
     }
     predict["responses"] = _responses("PredictAnswer", INFER_STATUSES)
     paths.update(_v2_paths(svc))
+    if keyed:
+        _secure(doc, protect_all)
     return doc
 
 
@@ -404,15 +422,17 @@ class OpenAPIDocument:
     """ASGI middleware answering GET /docs.json with `document()`, built once the model is loaded
     (until then BentoML's own document answers)."""
 
-    def __init__(self, app: Any, service: Any, path: str = "/docs.json") -> None:
+    def __init__(self, app: Any, service: Any, settings: Any, path: str = "/docs.json") -> None:
         self.app = app
         self.service = service
         self.path = path
+        self.keyed, self.protect_all = bool(settings.api_key()), settings.protect_all
         self._body: bytes | None = None
 
     def _render(self, svc: Any) -> bytes:
         if self._body is None:
-            self._body = json.dumps(document(self.service.openapi_spec.asdict(), svc)).encode()
+            base = self.service.openapi_spec.asdict()
+            self._body = json.dumps(document(base, svc, self.keyed, self.protect_all)).encode()
             log.info("OpenAPI document built (%d bytes)", len(self._body))
         return self._body
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.runtime import CPU, batch_coupled_ops, session_options
-from export.store import Package, load_package
+from export.store import Package, graph_mismatch, load_package, one_line
 from nnship.errors import NnshipError
 from service.settings import Settings
 
@@ -103,7 +103,14 @@ def _session(
             data, opts, providers=providers, provider_options=provider_options
         )
     except Exception as e:  # e.g. an operator this onnxruntime build lacks
-        raise NnshipError(f"{path.name}: ONNX Runtime cannot load it: {e}") from e
+        raise NnshipError(f"{path.name}: ONNX Runtime cannot load it: {one_line(str(e))}") from e
+    problem = graph_mismatch(
+        package.manifest,
+        {i.name: list(i.shape) for i in session.get_inputs()},
+        {o.name: list(o.shape) for o in session.get_outputs()},
+    )
+    if problem is not None:
+        raise NnshipError(f"{path}: the manifest does not match the ONNX model: {problem}")
     return session, tuple(batch_coupled_ops(data))
 
 

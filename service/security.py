@@ -26,6 +26,7 @@ from pathlib import Path
 
 from service import metrics
 from service.settings import Settings
+from service.validation import printable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ OPEN = frozenset(
     }
 )
 MAX_CLIENTS = 10_000
+MAX_RETRY_AFTER = 3600  # seconds; a longer wait is announced as this
 REQUEST_ID: ContextVar[str] = ContextVar(
     "nnship_request_id", default=""
 )  # set for the handlers below
@@ -63,6 +65,8 @@ WANTED = frozenset(
         b"access-control-request-method",
     }
 )
+# headers the guard decides on: a repeated one is refused rather than one copy picked
+SINGLE = frozenset({b"authorization", b"x-api-key", b"content-type", b"content-length"})
 Refusal = tuple[int, str, str, dict[str, str]]  # status, reason, message, extra headers
 
 
@@ -112,6 +116,12 @@ def trust_forwarded(proxies: str) -> None:
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(p.strip() for p in proxies.split(",") if p.strip())
 
 
+def retry_after(wait: float) -> dict[str, str]:
+    """The Retry-After header for a wait in seconds: whole seconds from 1 to MAX_RETRY_AFTER."""
+    seconds = math.ceil(wait) if wait < MAX_RETRY_AFTER else MAX_RETRY_AFTER  # inf and NaN: cap
+    return {"retry-after": str(max(1, seconds))}
+
+
 def _static_paths() -> frozenset[str]:
     """The docs page's own assets, served from BentoML's static folder."""
     from bentoml._internal import server
@@ -120,7 +130,7 @@ def _static_paths() -> frozenset[str]:
     return frozenset(f"/static_content/{p.name}" for p in folder.iterdir() if p.is_file())
 
 
-def _error(reason: str, message: str, rid: str) -> bytes:
+def error_body(reason: str, message: str, rid: str) -> bytes:
     return json.dumps(
         {
             "error": message,
@@ -144,7 +154,7 @@ async def refuse_websocket(scope, send) -> None:
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = _error("websocket", "websocket upgrades are not served here", rid)
+    body = error_body("websocket", "websocket upgrades are not served here", rid)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -186,10 +196,10 @@ class Guard:
                 429,
                 "auth_limited",
                 "too many failed authentications; retry later",
-                {"retry-after": str(max(1, math.ceil(wait)))},
+                retry_after(wait),
             )
         given = _presented_key(headers)
-        if hmac.compare_digest(given.encode(), self.key):
+        if hmac.compare_digest(given.encode("latin-1"), self.key):  # the header's own bytes
             return None
         if given and self.failures is not None:  # a wrong key is a guess; a missing one is not
             self.failures.take(addr)
@@ -203,18 +213,15 @@ class Guard:
     def limit_rate(self, addr: str) -> Refusal | None:
         if self.buckets is None or (wait := self.buckets.take(addr)) == 0:
             return None
-        return (
-            429,
-            "rate_limited",
-            "rate limit exceeded",
-            {"retry-after": str(max(1, math.ceil(wait)))},
-        )
+        return 429, "rate_limited", "rate limit exceeded", retry_after(wait)
 
     def check_body_headers(self, headers: dict[str, str]) -> Refusal | None:
         """Content type and declared length of a request that has a body."""
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("application/json", ""):  # no header: JSON, as BentoML and Triton take it
-            message = f"content type {ctype!r} is not accepted; send application/json"
+            message = (
+                f"content type {printable(ctype, 64)!r} is not accepted; send application/json"
+            )
             return 415, "content_type", message, {}
         declared = headers.get("content-length")
         limit = self.settings.max_body_bytes
@@ -225,7 +232,7 @@ class Guard:
     async def _reply(self, send, refusal: Refusal, rid: str) -> None:
         status, reason, message, extra = refusal
         metrics.reject(reason)
-        body = _error(reason, message, rid)
+        body = error_body(reason, message, rid)
         hdrs = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -260,15 +267,23 @@ class Guard:
                 await self.app(scope, receive, send)
             return
         headers: dict[str, str] = {}
+        repeated = ""
         for k, v in scope["headers"]:  # ASGI servers lower-case header names
             if k in WANTED:
-                headers[k.decode()] = v.decode("latin-1")
+                name = k.decode()
+                if k in SINGLE and name in headers:
+                    repeated = name
+                headers[name] = v.decode("latin-1")
         rid = headers.get("x-request-id", "")
         if not REQUEST_ID_RE.fullmatch(rid):
             rid = os.urandom(12).hex()
         method, path = scope["method"], scope["path"]
         if CONTROL.search(path) or CONTROL_BYTES.search(scope.get("raw_path") or b""):
             refusal = (400, "bad_path", "the request path holds control characters", {})
+            await self._reply(send, refusal, rid)
+            return
+        if repeated:
+            refusal = (400, "malformed", f"the {repeated} header is repeated; send it once", {})
             await self._reply(send, refusal, rid)
             return
         # exactly one x-request-id reaches the app: the checked one

@@ -19,7 +19,15 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from nnship.errors import NnshipError
-from service import lifecycle, looplag, metrics, pathlabels, timeouts
+from service import (
+    concurrency,
+    connections,
+    lifecycle,
+    looplag,
+    metrics,
+    pathlabels,
+    timeouts,
+)
 from service.batching import AdaptiveBatcher, Overloaded
 from service.endpoint import PredictEndpoint
 from service.oip import STATE, oip_app
@@ -56,13 +64,15 @@ def _declared_model(ref: str) -> bentoml.models.BentoModel | None:
         return None
     try:
         return bentoml.models.BentoModel(ref)
-    except ValueError:  # not a valid tag: start-up says so in one line
+    except Exception:  # not a valid tag, or the store cannot say: start-up says so in one line
         return None
 
 
 if lifecycle.in_serve_main_process():
     lifecycle.preflight(SETTINGS)
 timeouts.install()
+concurrency.install()  # BentoML's 429 at the concurrency limit, in nnship's shape
+connections.install(SETTINGS.header_timeout_s, SETTINGS.max_connections)
 trust_forwarded(SETTINGS.trusted_proxies)  # before BentoML's worker configures uvicorn
 pathlabels.install(  # refuses websockets first; bounds path labels unless switched off
     known={
@@ -104,12 +114,13 @@ class NnshipService:
         if (fd := lifecycle.listening_fd()) is not None:
             lifecycle.refuse_new_connections_on_stop(fd)
         try:
-            self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
-        except NnshipError as e:
-            log.error("nnship: error: %s", e)
-            lifecycle.stop_server()
-            logging.shutdown()
-            os._exit(2)  # one line, no traceback: a bad model is not a bug in the server
+            self._start()
+        except Exception as e:  # start-up or warm-up: fatal in one line, never a restart loop
+            lifecycle.worker_failed(e)
+
+    def _start(self) -> None:
+        """Load and check the model, set up batching and metrics, warm up, then publish."""
+        self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
         m = self.runtime.manifest
         self.model, self.version = m["model"], m["version"] or "local"
         self.labels = m["output"]["labels"]
@@ -163,8 +174,9 @@ class NnshipService:
         except (
             Exception
         ) as e:  # BentoML raises NotFound, or a remote-lookup error without a cloud login
+            problem = " ".join(f"{type(e).__name__}: {e}".split())
             raise NnshipError(
-                f"model {SETTINGS.model} is not in the BentoML model store ({e})"
+                f"model {SETTINGS.model} is not in the BentoML model store or unreadable: {problem}"
             ) from e
 
     def __is_ready__(self) -> bool:
@@ -297,6 +309,6 @@ NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)
 NnshipService.add_asgi_middleware(
     PredictEndpoint, enabled=SETTINGS.predict_route == "asgi" and not SETTINGS.tracing
 )
-NnshipService.add_asgi_middleware(OpenAPIDocument, service=NnshipService)  # /docs.json
+NnshipService.add_asgi_middleware(OpenAPIDocument, service=NnshipService, settings=SETTINGS)
 if os.environ.get(SERVE_TOKEN_ENV):
     NnshipService.add_asgi_middleware(lifecycle.ServeToken, token=os.environ[SERVE_TOKEN_ENV])

@@ -7,6 +7,7 @@ naming the variable and the range.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -18,15 +19,17 @@ from nnship.errors import NnshipError
 PREFIX = "NNSHIP_"
 PREDICT_ROUTES = ("asgi", "bentoml")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an API key may hold (sent as a header value)
 # `nnship serve` passes a random token per start; its server echoes it on /readyz, so readiness is
 # confirmed for this very server and not another one answering on the port
 SERVE_TOKEN_ENV = "NNSHIP_SERVE_TOKEN"
 SERVE_TOKEN_HEADER = "x-nnship-serve-token"
 
 
-def bounded(default: float, low: float, high: float) -> Any:
-    """A numeric field allowed from low to high inclusive."""
-    return field(default=default, metadata={"range": (low, high)})
+def bounded(default: float, low: float, high: float, smallest: float = 0.0) -> Any:
+    """A numeric field allowed from low to high inclusive; with `smallest`, 0 (off) or at least it."""
+    metadata = {"range": (low, high)} | ({"smallest": smallest} if smallest else {})
+    return field(default=default, metadata=metadata)
 
 
 def one_of(default: str, *choices: str) -> Any:
@@ -59,16 +62,22 @@ class Settings:
     # the variable holding the API key; naming it explicitly makes the key required at start-up
     api_key_env: str = "NNSHIP_API_KEY"
     protect_all: bool = False  # also require the key for health, metadata and metrics
-    # requests per second per client (API key or address); 0: off
-    rate_limit: float = bounded(0.0, 0.0, 1_000_000.0)
+    # requests per second per client address; 0: off
+    rate_limit: float = bounded(0.0, 0.0, 1_000_000.0, smallest=0.001)
     rate_burst: int = bounded(0, 0, 1_000_000)  # bucket size; 0: max(1, 2 x rate_limit)
     # failed authentications per minute per client before 429 (guessing keys); 0: off
     auth_failures_per_minute: int = bounded(10, 0, 1_000_000)
-    # comma-separated proxy addresses whose X-Forwarded-For names the client; empty: trust none
+    # comma-separated proxy IP addresses or CIDR networks whose X-Forwarded-For names the client;
+    # empty: trust none
     trusted_proxies: str = ""
     # SIGTERM/SIGINT: seconds to finish requests in flight before exiting
     grace_s: float = bounded(20.0, 1.0, 3600.0)
     max_concurrency: int = bounded(512, 1, 1_000_000)  # requests in flight per service before 503
+    # seconds a connection may take to deliver a complete request head (the first one, and each
+    # next one on a keep-alive connection once its first bytes arrive) before it is closed
+    header_timeout_s: float = bounded(10.0, 0.5, 300.0)
+    # open connections per worker; one past it is closed at once (keeps file descriptors free)
+    max_connections: int = bounded(4096, 16, 1_000_000)
     timeout_s: float = bounded(30.0, 0.01, 3600.0)  # per request
     strict_range: bool = False  # reject inputs outside the training range instead of flagging them
     # tolerance outside [min, max], as a fraction of the range
@@ -112,6 +121,7 @@ class Settings:
             raise NnshipError(
                 f"{variable('api_key_env')}={self.api_key_env!r}: not an environment variable name"
             )
+        check_proxies(self.trusted_proxies)
 
     def to_env(self) -> dict[str, str]:
         return {variable(f.name): str(getattr(self, f.name)) for f in fields(self)}
@@ -132,6 +142,11 @@ class Settings:
                 f"{variable('api_key_env')}) is unset or empty; set it, or name none to serve "
                 "without authentication"
             )
+        if key and not VISIBLE_ASCII.fullmatch(key):
+            raise NnshipError(
+                f"the API key in {self.api_key_env} holds characters other than visible ASCII "
+                "(letters, digits, punctuation; no spaces, accents or control characters)"
+            )
         return key
 
 
@@ -149,14 +164,28 @@ def check_field(name: str, kind: type, metadata: Any, value: Any) -> None:
         low, high = metadata["range"]
         if kind is int and not isinstance(value, int):
             raise NnshipError(f"{variable(name)}={value!r} is not a valid int")
-        if not (math.isfinite(value) and low <= value <= high):
-            raise NnshipError(
-                f"{variable(name)}={value!r} is out of range: allowed is {describe(kind, low, high)}"
-            )
+        smallest = metadata.get("smallest", 0)
+        if not (math.isfinite(value) and low <= value <= high) or 0 < value < smallest:
+            allowed = describe(kind, smallest or low, high)
+            if smallest:
+                allowed = f"0 (off) or {allowed}"
+            raise NnshipError(f"{variable(name)}={value!r} is out of range: allowed is {allowed}")
     if "choices" in metadata and value not in metadata["choices"]:
         raise NnshipError(
             f"{variable(name)}={value!r}: must be one of {', '.join(metadata['choices'])}"
         )
+
+
+def check_proxies(proxies: str) -> None:
+    """Refuse trusted proxies other than a comma list of IP addresses and CIDR networks."""
+    for entry in filter(None, (p.strip() for p in proxies.split(","))):
+        try:
+            ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+        except ValueError:
+            raise NnshipError(
+                f"{variable('trusted_proxies')}={proxies!r}: {entry!r} is not an IP address or "
+                "a CIDR network (like 10.0.0.0/8); list the proxies, '*' is not accepted"
+            ) from None
 
 
 def describe(kind: type, low: float, high: float) -> str:

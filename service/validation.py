@@ -39,6 +39,7 @@ REASONS = (
     "auth_limited",
     "bad_path",
     "websocket",
+    "concurrency_limited",
     "unknown_model",
     "unsupported",
 )
@@ -71,9 +72,11 @@ class RequestError(Exception):
         }
 
 
-def printable(text: str) -> str:
+def printable(text: str, limit: int | None = None) -> str:
     """Client text safe to echo: a lone surrogate (legal as a JSON escape, not encodable as UTF-8)
-    becomes its backslash escape instead of breaking the response."""
+    becomes its backslash escape instead of breaking the response; cut to `limit` characters + "…"."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -30,14 +30,16 @@ def raw(
     body: bytes = b"",
     headers: dict[str, str] | None = None,
     source: str = "127.0.0.1",
+    more: tuple[tuple[str, str], ...] = (),
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request on its own connection, the target sent exactly as given (no client normalising)."""
+    """One request on its own connection, the target sent exactly as given (no client normalising);
+    `more`: header lines sent after the others, repeats included."""
     host, port = url.removeprefix("http://").split(":")
     fields = {"host": f"{host}:{port}", "connection": "close"}
     if body or method not in ("GET", "HEAD"):
         fields |= {"content-type": "application/json", "content-length": str(len(body))}
     fields |= headers or {}
-    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    head = "".join(f"{k}: {v}\r\n" for k, v in [*fields.items(), *more])
     with socket.create_connection((host, int(port)), timeout=30, source_address=(source, 0)) as s:
         with contextlib.suppress(OSError):  # a refusal may close the connection mid-body
             s.sendall(f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode() + body)
@@ -278,6 +280,42 @@ def test_wrong_keys_are_limited_per_client(keyed):
     ] * 5
 
 
+@pytest.mark.parametrize(
+    ("source", "headers", "more"),
+    [
+        ("127.0.0.5", {"authorization": "Bearer wrong"}, [("authorization", f"Bearer {KEY}")]),
+        ("127.0.0.6", {"x-api-key": "wrong"}, [("x-api-key", KEY)]),
+        (
+            "127.0.0.7",
+            {"x-api-key": KEY, "content-type": "text/plain"},
+            [("content-type", "application/json")],
+        ),
+        ("127.0.0.7", {"x-api-key": KEY}, [("content-type", "application/json; charset=utf-16")]),
+    ],
+    ids=["authorization", "x-api-key", "content-type", "content-type-charset"],
+)
+def test_repeated_security_headers_refused(keyed, source, headers, more):
+    """The reviewer's requests: a wrong then a right key, text/plain then JSON. Each header the guard
+    decides on must come once; before, the last copy won and these were answered 200."""
+    status, hdrs, body = raw(keyed, "POST", "/predict", PREDICT, headers, source, tuple(more))
+    answer = json.loads(body)
+    assert status == 400 and answer["detail"][0]["type"] == "malformed", body[:300]
+    assert "header is repeated" in answer["error"] and hdrs["x-request-id"] == answer["request_id"]
+
+
+def test_docs_declare_the_api_key(keyed):
+    """With a key configured, /docs.json says how to send it and which routes need it."""
+    _, _, body = raw(keyed, "GET", "/docs.json")
+    doc = json.loads(body)
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    needed = [{"bearer": []}, {"apiKey": []}]
+    assert doc["paths"]["/predict"]["post"]["security"] == needed
+    assert doc["paths"]["/v2/models/{name}/infer"]["post"]["security"] == needed
+    assert "security" not in doc["paths"]["/readyz"]["get"]  # open without NNSHIP_PROTECT_ALL
+
+
 @pytest.fixture(scope="module")
 def untrusted(iris_package):
     """A rate limit of 1/s (burst 2), the key on every route, default proxy trust (none)."""
@@ -391,3 +429,24 @@ def test_a_client_that_never_reads_cannot_hold_a_slot(small_slots):
         for s in stalled:
             s.close()
     assert raw(url, "POST", "/predict", PREDICT)[0] == 200
+
+
+def test_the_concurrency_limit_answers_in_the_error_shape(small_slots):
+    """At the limit: 429 with Retry-After, the request id and `detail` (BentoML's own answer was
+    `{"error": "Too many requests"}` with none of them)."""
+    url = small_slots
+    stalled = [_stalled_reader(url) for _ in range(2)]
+    try:
+        t0, answer = time.monotonic(), None
+        while time.monotonic() - t0 < 10 and answer is None:
+            status, hdrs, body = raw(url, "POST", "/predict", PREDICT, {"x-request-id": "rid-7"})
+            answer = (hdrs, json.loads(body)) if status == 429 else None
+            time.sleep(0.1)
+    finally:
+        for s in stalled:
+            s.close()
+    assert answer is not None, "the stalled clients never filled the slots"
+    hdrs, body = answer
+    assert hdrs["retry-after"] == "1" and hdrs["x-request-id"] == "rid-7"
+    assert body["request_id"] == "rid-7" and body["detail"][0]["type"] == "concurrency_limited"
+    assert value(url, "nnship_requests_rejected_total", reason="concurrency_limited") >= 1

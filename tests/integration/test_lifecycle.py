@@ -165,6 +165,62 @@ def test_stop_signal_drains_in_flight_requests_and_leaves_no_process(iris_packag
         kill_all(proc, procs)
 
 
+def start_serving(iris_package, tmp_path) -> tuple[subprocess.Popen, int, Path]:
+    """`nnship serve` of the iris model, once it says it serves."""
+    port, out = free_port(), tmp_path / "serve.log"
+    cmd = [*NNSHIP_SERVE, f"iris-served:{iris_package['version']}", "--port", str(port)]
+    with out.open("w") as log:
+        env = clean_env(NNSHIP_THREADS="1")
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, **OWN_GROUP)
+    try:
+        wait_serving(proc, out)
+    except BaseException:
+        kill_all(proc, tree(proc.pid))
+        raise
+    return proc, port, out
+
+
+def gone_within(procs: list[psutil.Process], port: int, seconds: float) -> bool:
+    """Whether all these processes exit and the port stops listening within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while alive(procs) or listening(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.slow
+def test_killing_the_wrapper_stops_the_server(iris_package, tmp_path):
+    """SIGKILL to `nnship serve` (no handler runs): the kernel stops its server, workers included."""
+    proc, port, _ = start_serving(iris_package, tmp_path)
+    procs = tree(proc.pid)
+    try:
+        assert len(procs) >= 3, procs  # wrapper, BentoML's arbiter, a worker
+        proc.kill()
+        proc.wait()
+        assert gone_within(procs, port, 15), alive(procs)
+    finally:
+        for p in alive(procs):
+            p.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_hang_up_and_quit_drain_like_sigterm(iris_package, tmp_path, sig):
+    """A closed terminal (SIGHUP) or SIGQUIT: the server drains and the wrapper exits 0."""
+    proc, port, out = start_serving(iris_package, tmp_path)
+    procs = tree(proc.pid)
+    try:
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0, out.read_text()[-3000:]
+        assert "draining" in out.read_text()
+        assert gone_within(procs, port, 5), alive(procs)
+    finally:
+        for p in alive(procs):
+            p.kill()
+
+
 def test_port_in_use_is_one_line(iris_package):
     """Another server on the port: one line, exit 2, before any start-up output."""
     with socket.socket() as holder:
@@ -216,8 +272,19 @@ def test_readiness_is_confirmed_for_this_server_only():
         ({"NNSHIP_TIMEOUT_S": "nan"}, "NNSHIP_TIMEOUT_S=nan is out of range"),
         ({"NNSHIP_MAX_CONCURRENCY": "0"}, "NNSHIP_MAX_CONCURRENCY=0 is out of range"),
         ({"NNSHIP_VARIANT": "fp16"}, "no shipped variant 'fp16'"),
+        ({"NNSHIP_RATE_LIMIT": "1e-320"}, "NNSHIP_RATE_LIMIT=1e-320 is out of range"),
+        ({"NNSHIP_TRUSTED_PROXIES": "*"}, "NNSHIP_TRUSTED_PROXIES='*'"),
+        ({"NNSHIP_API_KEY": "ключ"}, "the API key in NNSHIP_API_KEY holds characters other"),
     ],
-    ids=["key-variable-unset", "timeout-nan", "concurrency-0", "bad-variant"],
+    ids=[
+        "key-variable-unset",
+        "timeout-nan",
+        "concurrency-0",
+        "bad-variant",
+        "rate-tiny",
+        "proxies-star",
+        "key-not-ascii",
+    ],
 )
 @pytest.mark.parametrize("command", ["nnship", "bentoml"])
 def test_bad_start_up_settings_fail_once_in_one_line(iris_package, env, message, command):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
-from service.security import Guard, TokenBuckets, trust_forwarded
+from service.security import MAX_RETRY_AFTER, Guard, TokenBuckets, retry_after, trust_forwarded
 from service.settings import Settings
 
 KEY = "k3y"
@@ -198,3 +199,51 @@ def test_uvicorn_believes_forwarded_headers_only_from_named_proxies(
     }
     asyncio.run(ProxyHeadersMiddleware(app, trusted)(scope, None, None))
     assert seen == [client]
+
+
+@pytest.mark.parametrize(
+    ("wait", "header"),
+    [
+        (0.0, "1"),
+        (0.2, "1"),
+        (1.5, "2"),
+        (3600.0, "3600"),
+        (1e300, str(MAX_RETRY_AFTER)),
+        (math.inf, str(MAX_RETRY_AFTER)),
+        (math.nan, str(MAX_RETRY_AFTER)),
+    ],
+)
+def test_retry_after_is_whole_seconds_and_capped(wait, header):
+    assert retry_after(wait) == {"retry-after": header}
+
+
+def test_a_near_empty_bucket_gets_a_capped_retry_after(keyed):
+    """A rate so small its wait overflows (1e-320/s; the settings refuse it now) still answers 429."""
+    guard = keyed()
+    guard.buckets = TokenBuckets(1e-320, 1)
+    auth = [("x-api-key", KEY)]
+    assert call(guard, "POST", "/predict", auth)[0] == 200
+    status, hdrs, body = call(guard, "POST", "/predict", auth)
+    assert status == 429 and hdrs["retry-after"] == "3600" and body["error"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("authorization", "Bearer wrong"), ("authorization", f"Bearer {KEY}")],
+        [("x-api-key", "wrong"), ("x-api-key", KEY)],
+        [("x-api-key", KEY), ("content-type", "text/plain"), ("content-type", "application/json")],
+        [("x-api-key", KEY), ("content-length", "2"), ("content-length", "2")],
+    ],
+    ids=["authorization", "x-api-key", "content-type", "content-length"],
+)
+def test_repeated_security_headers_refused(keyed, headers):
+    status, hdrs, body = call(keyed(), "POST", "/predict", headers)
+    assert status == 400 and body["detail"][0]["type"] == "malformed"
+    assert "header is repeated" in body["error"] and hdrs["x-request-id"]
+
+
+def test_non_ascii_key_bytes_compared_as_sent(keyed):
+    """The guard compares the header's bytes: a latin-1 byte never matches an ASCII key."""
+    status, _, _ = call(keyed(), "POST", "/predict", [("x-api-key", KEY + "\u00e9")])
+    assert status == 401

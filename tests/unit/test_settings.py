@@ -62,11 +62,38 @@ def test_bounds_themselves_accepted(f):
         ({"NNSHIP_PROTECT_ALL": "maybe"}, "NNSHIP_PROTECT_ALL='maybe' is not a valid bool"),
         ({"NNSHIP_PREDICT_ROUTE": "fast"}, "must be one of asgi, bentoml"),
         ({"NNSHIP_API_KEY_ENV": "MY-KEY"}, "not an environment variable name"),
+        ({"NNSHIP_RATE_LIMIT": "1e-320"}, "allowed is 0 (off) or a finite number from 0.001 to"),
+        ({"NNSHIP_RATE_LIMIT": "0.0009"}, "NNSHIP_RATE_LIMIT=0.0009 is out of range"),
+        ({"NNSHIP_TRUSTED_PROXIES": "*"}, "NNSHIP_TRUSTED_PROXIES='*': '*' is not an IP address"),
+        ({"NNSHIP_TRUSTED_PROXIES": "10.0.0.1, garbage!!"}, "'garbage!!' is not an IP address"),
+        ({"NNSHIP_TRUSTED_PROXIES": "10.0.0.1/8"}, "'10.0.0.1/8' is not an IP address"),
+        ({"NNSHIP_TRUSTED_PROXIES": "proxy.local"}, "'proxy.local' is not an IP address"),
     ],
 )
 def test_reported_values(env, message):
     with pytest.raises(NnshipError, match=re.escape(message)):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize("proxies", ["", "10.0.0.1", " 10.0.0.0/8, ::1 ,fd00::/8", "127.0.0.1,"])
+def test_proxy_addresses_and_networks_accepted(proxies):
+    assert Settings.from_env({"NNSHIP_TRUSTED_PROXIES": proxies}).trusted_proxies == proxies
+
+
+@pytest.mark.parametrize("rate", ["0", "0.001", "0.5"])
+def test_rates_off_or_not_too_small_accepted(rate):
+    assert Settings.from_env({"NNSHIP_RATE_LIMIT": rate}).rate_limit == float(rate)
+
+
+@pytest.mark.parametrize("key", ["ключ", "two words", "tab\tkey", "caf\u00e9", "k\x7f"])
+def test_api_key_must_be_visible_ascii(monkeypatch, key):
+    """Refused in one line that does not show the key."""
+    monkeypatch.setenv("NNSHIP_TEST_KEY", key)
+    with pytest.raises(NnshipError) as e:
+        Settings(api_key_env="NNSHIP_TEST_KEY").required_api_key(explicit=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "NNSHIP_TEST_KEY holds characters other than visible ASCII" in msg
+    assert key not in msg
 
 
 def test_values_in_code_are_checked_too():
@@ -98,6 +125,12 @@ def test_named_key_variable_must_be_set(monkeypatch):
         (["--max-concurrency", "0"], "NNSHIP_MAX_CONCURRENCY=0 is out of range"),
         (["--grace-s", "-1"], "NNSHIP_GRACE_S=-1.0 is out of range"),
         (["--api-key-env", "NNSHIP_TEST_KEY"], "API key variable NNSHIP_TEST_KEY"),
+        (["--rate-limit", "1e-320"], "NNSHIP_RATE_LIMIT=1e-320 is out of range"),
+        (["--port", "70000"], "--port 70000 is out of range: allowed is an integer from 1 to"),
+        (["--port", "-5"], "--port -5 is out of range"),
+        (["--port", "0"], "--port 0 is out of range"),
+        (["--host", "a" * 300], "cannot listen on aaa"),
+        (["--host", "bad\x00host"], "is not a host name or IP address"),
     ],
 )
 def test_serve_flags_refused_in_one_line(capsys, monkeypatch, argv, message):
