@@ -6,7 +6,9 @@ next one, and nothing times the wait for a first request: a connection that send
 a header line, is held forever, and enough of them exhaust the worker's file descriptors. Here a
 connection gets `header_timeout_s` to deliver a complete request head, counted from its opening
 and, on a keep-alive connection, from the first bytes of each next request; past it the connection
-is closed. A connection opened while the worker already holds `max_connections` is dropped at once.
+is closed. A connection opened while the worker already holds `max_connections` makes room by
+closing the oldest connection that has no request in progress (a stalled or idle one: real clients
+send their head at once); only when every connection is busy is the new one dropped.
 
 On SIGTERM/SIGINT (`begin_drain`) every answer not yet started carries `Connection: close`, and an
 idle keep-alive connection is closed only after a short linger, so that a request the client had
@@ -32,7 +34,7 @@ CLOSE = (b"connection", b"close")
 IDLE_LINGER_S = 0.5  # drain: how long an idle keep-alive connection may still deliver a request
 WARN_EVERY_S = 10.0
 _draining = False
-_protocols: set[BoundedH11Protocol] = set()
+_protocols: dict[BoundedH11Protocol, None] = {}  # open connections, oldest first
 
 
 class BoundedH11Protocol(H11Protocol):
@@ -47,16 +49,16 @@ class BoundedH11Protocol(H11Protocol):
         """Count the connection; drop it when over the cap, else start its head deadline."""
         self._deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
+        if len(self.connections) > self.max_connections and not _evict_one_waiting():
             _warn_refused()
             transport.abort()
             return
-        _protocols.add(self)
+        _protocols[self] = None
         self._deadline = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection and its deadline."""
-        _protocols.discard(self)
+        _protocols.pop(self, None)
         self._disarm()
         super().connection_lost(exc)
 
@@ -96,6 +98,17 @@ class BoundedH11Protocol(H11Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+
+def _evict_one_waiting() -> bool:
+    """Over the cap: abort the oldest connection with no request in progress; False if none."""
+    for protocol in _protocols:
+        waiting = protocol.cycle is None or protocol.cycle.response_complete
+        if waiting and not protocol.transport.is_closing():
+            _warn_refused()
+            protocol.transport.abort()
+            return True
+    return False
 
 
 def close_after(cycle) -> None:

@@ -93,20 +93,21 @@ def test_a_stalled_next_head_on_a_keep_alive_connection_is_closed(impatient):
     conn.close()
 
 
-def test_connections_past_the_cap_are_dropped_at_once(iris_package):
-    """With a cap of 16 per worker, 40 silent connections leave 16 open and the rest are dropped
-    at once; once they go, requests are answered again."""
+def test_connections_past_the_cap_make_room_for_real_requests(iris_package):
+    """With a cap of 16 per worker, 40 silent connections: the oldest silent ones are closed to make
+    room, and a real request arriving while the cap is full of silent connections is answered at
+    once (it evicts one instead of being dropped)."""
     env = {"NNSHIP_MODEL": "iris-served:latest", "NNSHIP_THREADS": "1"}
     with running_server({**env, "NNSHIP_MAX_CONNECTIONS": "16"}) as (url, _):
         time.sleep(0.5)  # the readiness poll's connections are gone
         socks = open_sockets(url, 40)
         try:
-            assert closed_by_server(socks, within=1) == 40 - 16
+            assert closed_by_server(socks, within=1) >= 40 - 16
+            for _ in range(3):  # the cap is full of silent connections, still within their deadline
+                assert ok(url) == 200
         finally:
             for s in socks:
                 s.close()
-        time.sleep(0.3)
-        assert ok(url) == 200
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
