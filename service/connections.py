@@ -23,7 +23,9 @@ dependency), so BentoML's worker, which builds uvicorn's config itself, uses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 
 from uvicorn.protocols.http import auto
@@ -31,7 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 CLOSE = (b"connection", b"close")
-IDLE_LINGER_S = 0.5  # drain: how long an idle keep-alive connection may still deliver a request
+IDLE_LINGER_S = 2.0  # drain: how long an idle keep-alive connection may still deliver a request
 WARN_EVERY_S = 10.0
 _draining = False
 _protocols: dict[BoundedH11Protocol, None] = {}  # open connections, oldest first
@@ -81,9 +83,25 @@ class BoundedH11Protocol(H11Protocol):
             close_after(self.cycle)
 
     def _close_if_idle(self) -> None:
-        """End of the linger: close unless a request arrived (that one closes after its answer)."""
+        """End of the linger: close unless a request arrived (that one closes after its answer) or
+        its bytes are already waiting in the socket (closing then would reset it)."""
         if self.cycle is None or self.cycle.response_complete:
-            super().shutdown()
+            if self._bytes_waiting():
+                self.loop.call_later(0.05, self._close_if_idle)
+            else:
+                super().shutdown()
+
+    def _bytes_waiting(self) -> bool:
+        """Whether the client has sent bytes the event loop has not read yet (a peek, drain only)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        with (
+            contextlib.suppress(OSError),
+            socket.fromfd(sock.fileno(), sock.family, sock.type) as peek,
+        ):
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        return False
 
     def _head_too_slow(self) -> None:
         """The head deadline passed: close the connection."""
