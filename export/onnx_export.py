@@ -10,8 +10,8 @@ from typing import Any
 
 import onnx
 import torch
+from nnship.models import RECURRENT, Network
 
-from models import RECURRENT, Network
 from nnship.errors import NnshipError
 from nnship.io import atomic_write
 

@@ -2,10 +2,9 @@
 
 import asyncio
 
+from nnship.service.endpoint import PredictEndpoint
+from nnship.service.oip import STATE
 from starlette.responses import JSONResponse
-
-from service.endpoint import PredictEndpoint
-from service.oip import STATE
 
 
 class Recorder:

@@ -4,8 +4,7 @@ import json
 import time
 
 import pytest
-
-from service.validation import RequestError, Validator
+from nnship.service.validation import RequestError, Validator
 
 
 def manifest(task="classification"):
