@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from nnship.export.bench import measure, ort_runner, torch_runner
 from nnship.export.package import ExportOptions, export_run
 from nnship.export.runtime import cpu_session
+from nnship.io import atomic_write
 from nnship.training.checkpoint import load_checkpoint
 from nnship.training.data import load_dataset, split
 from nnship.training.train import TrainConfig, train
-
-from nnship.io import atomic_write
 
 # family, dataset, bar for the batch-1 p50 speed-up of the default variant over PyTorch eager
 FAMILIES = [("mlp", "digits", 3.0), ("cnn", "digits", 5.0), ("lstm", "digits-seq", 2.0)]

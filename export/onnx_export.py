@@ -10,10 +10,10 @@ from typing import Any
 
 import onnx
 import torch
-from nnship.models import RECURRENT, Network
 
 from nnship.errors import NnshipError
 from nnship.io import atomic_write
+from nnship.models import RECURRENT, Network
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 def naive_app(model: str, threads: int) -> Starlette:
     import onnxruntime as ort
+
     from nnship.export.runtime import CPU, session_options
     from nnship.export.store import load_package
 

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import httpx
-from nnship.loadtests.rows import predict_bodies
 
 from nnship.io import atomic_write
+from nnship.loadtests.rows import predict_bodies
 
 CONCURRENCY = (1, 16, 64)
 SERVERS = ("nnship", "nnship-bentoml-route", "naive", "echo")

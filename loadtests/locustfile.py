@@ -11,6 +11,7 @@ import os
 import gevent
 import numpy as np
 from locust import FastHttpUser, between, events, task
+
 from nnship.loadtests.rows import test_rows
 
 ROWS = test_rows(os.environ.get("NNSHIP_LOADTEST_DATASET", "digits"))

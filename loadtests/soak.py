@@ -31,10 +31,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
-from nnship.loadtests.rows import predict_bodies
 from prometheus_client.parser import text_string_to_metric_families
 
 from nnship.io import atomic_write, atomic_write_json
+from nnship.loadtests.rows import predict_bodies
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
+from torch import nn
+
 from nnship.models.cnn import CNN, CNNConfig
 from nnship.models.common import ACTIVATIONS, config_from_dict
 from nnship.models.mlp import MLP, MLPConfig
 from nnship.models.preprocess import Preprocess, PreprocessConfig
 from nnship.models.rnn import RecurrentNet, RNNConfig
-from torch import nn
 
 REGISTRY: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),

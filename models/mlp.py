@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from nnship.models.common import check_dropout, check_positive_ints, make_activation
 from torch import nn
+
+from nnship.models.common import check_dropout, check_positive_ints, make_activation
 
 
 @dataclass

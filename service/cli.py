@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from nnship.errors import NnshipError
 from nnship.export.store import load_package, takes_sequences
 from nnship.service.settings import (
     SERVE_TOKEN_ENV,
@@ -28,8 +29,6 @@ from nnship.service.settings import (
     api_key_env_named,
     variable,
 )
-
-from nnship.errors import NnshipError
 
 log = logging.getLogger(__name__)
 SERVICE = "nnship.service.service:NnshipService"

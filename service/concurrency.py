@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from bentoml._internal.server.http import traffic
+
 from nnship.service import metrics
 from nnship.service.security import REQUEST_ID_RE, error_body
 

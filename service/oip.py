@@ -7,12 +7,13 @@ import logging
 from typing import Any
 
 import numpy as np
-from nnship.service.security import REQUEST_ID
-from nnship.service.validation import RequestError, printable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from nnship.service.security import REQUEST_ID
+from nnship.service.validation import RequestError, printable
 
 log = logging.getLogger(__name__)
 ECHO_CHARS = 64  # client strings echoed in an error are cut to this many characters

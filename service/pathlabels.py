@@ -23,6 +23,7 @@ def install(known: Iterable[str], known_patterns: Iterable[str] = (), bound: boo
     """Replace BentoML's traffic-metrics middleware class with the guarded one (idempotent)."""
     global _installed
     from bentoml._internal.server.http import instruments
+
     from nnship.service.security import refuse_websocket
 
     patterns = [re.compile(p) for p in known_patterns]

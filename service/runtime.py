@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from nnship.errors import NnshipError
 from nnship.export.runtime import CPU, batch_coupled_ops, session_options
 from nnship.export.store import Package, graph_mismatch, load_package, one_line
 from nnship.service.settings import Settings
-
-from nnship.errors import NnshipError
 
 log = logging.getLogger(__name__)
 

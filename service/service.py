@@ -15,6 +15,10 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from nnship.errors import NnshipError
 from nnship.service import (
     concurrency,
     connections,
@@ -32,10 +36,6 @@ from nnship.service.runtime import Runtime, load_runtime
 from nnship.service.security import REQUEST_ID, Guard, trust_forwarded
 from nnship.service.settings import SERVE_TOKEN_ENV, Settings
 from nnship.service.validation import RequestError, Validator
-from pydantic import Field
-from starlette.responses import JSONResponse
-
-from nnship.errors import NnshipError
 
 log = logging.getLogger(__name__)
 logging.getLogger("nnship.service").setLevel(

@@ -7,11 +7,10 @@ import json
 import logging
 import os
 
+from nnship.errors import NnshipError
 from nnship.models import ACTIVATIONS, REGISTRY
 from nnship.training.data import BUILTIN
 from nnship.training.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig, train
-
-from nnship.errors import NnshipError
 
 log = logging.getLogger(__name__)
 

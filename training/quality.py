@@ -10,9 +10,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from nnship.training.train import TrainConfig, train
-
 from nnship.io import atomic_write
+from nnship.training.train import TrainConfig, train
 
 # (model, dataset, metric, bar, classical anchor on the same split)
 BARS = [

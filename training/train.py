@@ -18,17 +18,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from nnship.models import REGISTRY, Network, build_model
-from nnship.training import checkpoint as ckpt
-from nnship.training.data import Dataset, Splits, input_stats, load_dataset, split
-from nnship.training.metrics import evaluate_arrays
-from nnship.training.progress import epoch_progress
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from nnship.errors import NnshipError
 from nnship.io import atomic_write_json, holds_record, staged_dir
+from nnship.models import REGISTRY, Network, build_model
+from nnship.training import checkpoint as ckpt
+from nnship.training.data import Dataset, Splits, input_stats, load_dataset, split
+from nnship.training.metrics import evaluate_arrays
+from nnship.training.progress import epoch_progress
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from nnship.export.onnx_export import export_onnx, read_metadata
 from nnship.export.parity import check_parity, edge_batches
 from nnship.export.runtime import cpu_session

@@ -7,14 +7,14 @@ import shutil
 import bentoml
 import numpy as np
 import pytest
-from nnship.export.package import ExportOptions, export_run
-from nnship.export.runtime import cpu_session
-from nnship.export.store import load_package
-from nnship.training.data import load_dataset, split
 
 from nnship.cli import main
 from nnship.errors import NnshipError
+from nnship.export.package import ExportOptions, export_run
+from nnship.export.runtime import cpu_session
+from nnship.export.store import load_package
 from nnship.io import sha256_file
+from nnship.training.data import load_dataset, split
 
 FAST = dict(bench_seconds=0.02, max_batch=200, threads=1)
 

@@ -3,8 +3,8 @@
 
 import httpx
 import pytest
-from nnship.loadtests.fuzz import run, summarize
 
+from nnship.loadtests.fuzz import run, summarize
 from tests.server import running_server
 
 ROUTES = {

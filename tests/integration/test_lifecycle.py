@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from nnship.service.cli import Supervisor
 
+from nnship.service.cli import Supervisor
 from tests.server import free_port
 
 ROW = [5.1, 3.5, 1.4, 0.2]

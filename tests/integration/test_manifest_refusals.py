@@ -11,15 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import nnship.service.cli
 import pytest
-from nnship.export.package import ExportOptions, export_run
-from nnship.export.store import graph_mismatch, load_package
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
+import nnship.service.cli
 from nnship.cli import main
 from nnship.errors import NnshipError
+from nnship.export.package import ExportOptions, export_run
+from nnship.export.store import graph_mismatch, load_package
 from tests.server import free_port
 
 

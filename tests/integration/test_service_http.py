@@ -7,11 +7,11 @@ import string
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from nnship.export.runtime import cpu_session
 from nnship.export.store import load_package
 from nnship.training.data import load_dataset, split
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.server import running_server
 
 ROW = [5.1, 3.5, 1.4, 0.2]

@@ -19,8 +19,9 @@ def service_app(iris_package):
     os.environ["NNSHIP_MODEL"] = f"iris-served:{iris_package['version']}"
     os.environ["NNSHIP_THREADS"] = "1"
     os.environ["NNSHIP_VARIANT"] = "int8-dynamic"
-    import nnship.service.runtime as runtime
     from _bentoml_impl.loader import load
+
+    import nnship.service.runtime as runtime
 
     seen = {}
     original = runtime.Runtime.warm_up
@@ -206,6 +207,7 @@ def test_unknown_model_refused(tmp_path):
 
 def test_require_gpu_fails_clearly_without_cuda(iris_package):
     import onnxruntime as ort
+
     from nnship.service.runtime import load_runtime, nvidia_device_present
     from nnship.service.settings import Settings
 

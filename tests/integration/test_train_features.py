@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from nnship.training.checkpoint import load_checkpoint
 from nnship.training.train import TrainConfig, train
-from safetensors.torch import load_file
 
 
 def test_resume_continues_exactly(tmp_path):

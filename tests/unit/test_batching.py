@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+
 from nnship.service.batching import AdaptiveBatcher, Overloaded
 
 
@@ -97,8 +98,9 @@ def test_the_consumer_outlives_a_model_that_returns_garbage():
 
 
 def test_batch_coupling_found_inside_subgraphs():
-    from nnship.export.runtime import batch_coupled_ops
     from onnx import TensorProto, helper
+
+    from nnship.export.runtime import batch_coupled_ops
 
     def branch(name):
         return helper.make_graph(

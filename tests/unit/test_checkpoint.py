@@ -3,12 +3,12 @@ import shutil
 
 import pytest
 import torch
-from nnship.training.checkpoint import load_checkpoint
-from nnship.training.data import load_dataset, split
 from safetensors.torch import load_file, save_file
 
 from nnship.errors import NnshipError
 from nnship.io import sha256_file
+from nnship.training.checkpoint import load_checkpoint
+from nnship.training.data import load_dataset, split
 
 
 def test_round_trip_reproduces_predictions_bit_exactly(tiny_run):

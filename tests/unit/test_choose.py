@@ -1,4 +1,5 @@
 import pytest
+
 from nnship.export.choose import choose_default
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from nnship.training.data import BUILTIN, input_stats, load_dataset, split
 
 from nnship.errors import NnshipError
+from nnship.training.data import BUILTIN, input_stats, load_dataset, split
 
 
 @pytest.mark.parametrize(

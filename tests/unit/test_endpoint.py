@@ -2,9 +2,10 @@
 
 import asyncio
 
+from starlette.responses import JSONResponse
+
 from nnship.service.endpoint import PredictEndpoint
 from nnship.service.oip import STATE
-from starlette.responses import JSONResponse
 
 
 class Recorder:

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from nnship.models import ACTIVATIONS, REGISTRY, build_model
 
 SHAPES = {"mlp": (13,), "cnn": (1, 8, 8), "rnn": (8, 5), "lstm": (8, 5), "gru": (8, 5)}

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from nnship.models.preprocess import Preprocess, PreprocessConfig
 from sklearn.decomposition import PCA
 from sklearn.feature_selection import SelectKBest, f_classif, f_regression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from nnship.models.preprocess import Preprocess, PreprocessConfig
 
 
 def _data(task):

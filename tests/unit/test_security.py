@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+
 from nnship.service.security import (
     MAX_RETRY_AFTER,
     Guard,

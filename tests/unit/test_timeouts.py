@@ -50,6 +50,7 @@ def test_late_answer_is_a_504():
 
 def test_bentoml_builds_the_fixed_middleware():
     from bentoml._internal.server.http import traffic
+
     from nnship.service import timeouts
 
     timeouts.install()

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+
 from nnship.service.validation import RequestError, Validator
 
 

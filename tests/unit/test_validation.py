@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from nnship.service.security import TokenBuckets
 from nnship.service.settings import Settings
 from nnship.service.validation import RequestError, Validator
