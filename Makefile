@@ -37,19 +37,19 @@ format: setup
 	$(BIN)/ruff format .
 
 quality: setup  ## retrain the quality-bar models over 3 seeds -> reports/training-quality.md
-	$(BIN)/python -m training.quality
+	$(BIN)/python -m nnship.training.quality
 
 export-bench: setup  ## variants vs PyTorch eager -> reports/export-benchmark.md
-	$(BIN)/python -m export.benchmark
+	$(BIN)/python -m nnship.export.benchmark
 
 serve-bench: setup  ## service vs naive vs echo under wrk -> reports/serving-benchmark.md
-	$(BIN)/python -m loadtests.benchmark
+	$(BIN)/python -m nnship.loadtests.benchmark
 
 soak: setup  ## ~50% of capacity for 10 minutes: worker RSS and event-loop lag -> reports/soak.md
-	$(BIN)/python -m loadtests.soak --duration 600
+	$(BIN)/python -m nnship.loadtests.soak --duration 600
 
 fuzz: setup  ## schemathesis against /docs.json of a tiny served model -> reports/fuzz.md
-	$(BIN)/python -m loadtests.fuzz --max-examples 100
+	$(BIN)/python -m nnship.loadtests.fuzz --max-examples 100
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Speed of each family's exported variants against PyTorch eager, at 1 thread and all threads.
 
-    python -m export.benchmark [--report reports/export-benchmark.md]
+    python -m nnship.export.benchmark [--report reports/export-benchmark.md]
 
 Trains the default mlp/digits, cnn/digits and lstm/digits-seq models, exports them (no store),
 and measures PyTorch eager and every shipped variant side by side in one run.
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bench import measure, ort_runner, torch_runner
-from export.package import ExportOptions, export_run
-from export.runtime import cpu_session
+from nnship.export.bench import measure, ort_runner, torch_runner
+from nnship.export.package import ExportOptions, export_run
+from nnship.export.runtime import cpu_session
 from nnship.io import atomic_write
-from training.checkpoint import load_checkpoint
-from training.data import load_dataset, split
-from training.train import TrainConfig, train
+from nnship.training.checkpoint import load_checkpoint
+from nnship.training.data import load_dataset, split
+from nnship.training.train import TrainConfig, train
 
 # family, dataset, bar for the batch-1 p50 speed-up of the default variant over PyTorch eager
 FAMILIES = [("mlp", "digits", 3.0), ("cnn", "digits", 5.0), ("lstm", "digits-seq", 2.0)]
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "# Export benchmark",
             "",
             f"ONNX Runtime (CPU provider) against PyTorch eager on {os.cpu_count()} cores, same thread count on "
-            "both sides, batch-1 latency and batch-256 throughput. Reproduce: `python -m export.benchmark`.",
+            "both sides, batch-1 latency and batch-256 throughput. Reproduce: `python -m nnship.export.benchmark`.",
             "",
             *body,
             "",

@@ -1,11 +1,11 @@
-"""`nnship export` / `python -m export`: a thin parser over export_run()."""
+"""`nnship export` / `python -m nnship.export`: a thin parser over export_run()."""
 
 from __future__ import annotations
 
 import argparse
 
-from export.package import ExportOptions, export_run
-from export.variants import VARIANTS
+from nnship.export.package import ExportOptions, export_run
+from nnship.export.variants import VARIANTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

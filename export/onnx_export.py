@@ -11,9 +11,9 @@ from typing import Any
 import onnx
 import torch
 
-from models import RECURRENT, Network
 from nnship.errors import NnshipError
 from nnship.io import atomic_write
+from nnship.models import RECURRENT, Network
 
 log = logging.getLogger(__name__)
 

@@ -15,21 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.bench import measure_rounds, ort_runner, torch_runner
-from export.choose import choose_default
-from export.onnx_export import export_onnx
-from export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
-from export.report import write_report
-from export.runtime import CPU, cpu_session
-from export.store import FORMAT, MANIFEST, is_package
-from export.variants import VARIANTS, build_variant
-from models import RECURRENT
 from nnship.errors import NnshipError
+from nnship.export.bench import measure_rounds, ort_runner, torch_runner
+from nnship.export.choose import choose_default
+from nnship.export.onnx_export import export_onnx
+from nnship.export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
+from nnship.export.report import write_report
+from nnship.export.runtime import CPU, cpu_session
+from nnship.export.store import FORMAT, MANIFEST, is_package
+from nnship.export.variants import VARIANTS, build_variant
 from nnship.io import atomic_write_json, dir_mode, sha256_file, staged_dir
-from training.checkpoint import load_checkpoint
-from training.data import load_dataset, split
-from training.metrics import evaluate_arrays
-from training.progress import step_progress
+from nnship.models import RECURRENT
+from nnship.training.checkpoint import load_checkpoint
+from nnship.training.data import load_dataset, split
+from nnship.training.metrics import evaluate_arrays
+from nnship.training.progress import step_progress
 
 log = logging.getLogger(__name__)
 

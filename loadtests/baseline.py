@@ -1,7 +1,7 @@
 """The comparison servers: a naive ONNX Runtime app (one inference per request) and an echo app,
 both on the same uvicorn + Starlette stack.
 
-    python -m loadtests.baseline {naive,echo} PACKAGE_DIR_OR_TAG --port 3100 [--workers N] [--threads N]
+    python -m nnship.loadtests.baseline {naive,echo} PACKAGE_DIR_OR_TAG --port 3100 [--workers N] [--threads N]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from starlette.routing import Route
 def naive_app(model: str, threads: int) -> Starlette:
     import onnxruntime as ort
 
-    from export.runtime import CPU, session_options
-    from export.store import load_package
+    from nnship.export.runtime import CPU, session_options
+    from nnship.export.store import load_package
 
     pkg = load_package(model)
     # the session settings the service uses: same threads, no spinning
@@ -79,7 +79,7 @@ def main() -> None:
         NNSHIP_BASELINE_THREADS=str(max(1, args.threads // args.workers)),
     )
     uvicorn.run(
-        "loadtests.baseline:app_from_env",
+        "nnship.loadtests.baseline:app_from_env",
         factory=True,
         host="127.0.0.1",
         port=args.port,

@@ -1,6 +1,6 @@
 """Serving benchmark: the nnship service vs a naive ONNX Runtime app vs the same stack's echo.
 
-    python -m loadtests.benchmark [--duration 10] [--report reports/serving-benchmark.md]
+    python -m nnship.loadtests.benchmark [--duration 10] [--report reports/serving-benchmark.md]
 
 Trains and exports two models into a temporary BentoML home (the default digits cnn, and a
 compute-heavy wide mlp), serves each three ways with one worker process each, drives them with wrk at
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.rows import predict_bodies
 from nnship.io import atomic_write
+from nnship.loadtests.rows import predict_bodies
 
 CONCURRENCY = (1, 16, 64)
 SERVERS = ("nnship", "nnship-bentoml-route", "naive", "echo")
@@ -219,8 +219,8 @@ def summarize_profile(text: str) -> list[tuple[str, float]]:
 
 def prepare_models(home: Path) -> dict[str, str]:
     """Train and export the two models; returns name -> data set."""
-    from export.package import ExportOptions, export_run
-    from training.train import TrainConfig, train
+    from nnship.export.package import ExportOptions, export_run
+    from nnship.training.train import TrainConfig, train
 
     os.environ["BENTOML_HOME"] = str(home)
     runs = home / "runs"
@@ -247,7 +247,7 @@ def bench_model(
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "_PROBE": bodies[0]}
     threads = str(os.cpu_count() or 1)
     results: dict[str, dict] = {}
-    service = [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService"]
+    service = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
     service_env = {"NNSHIP_MODEL": f"{model}:latest", "NNSHIP_WORKERS": "1"}
     servers = {
         "nnship": ([*service, "--port", "{port}"], service_env, "/readyz"),
@@ -261,7 +261,7 @@ def bench_model(
             [
                 sys.executable,
                 "-m",
-                "loadtests.baseline",
+                "nnship.loadtests.baseline",
                 "naive",
                 f"{model}:latest",
                 "--port",
@@ -273,7 +273,7 @@ def bench_model(
             "/predict",
         ),
         "echo": (
-            [sys.executable, "-m", "loadtests.baseline", "echo", "--port", "{port}"],
+            [sys.executable, "-m", "nnship.loadtests.baseline", "echo", "--port", "{port}"],
             {},
             "/predict",
         ),
@@ -365,7 +365,7 @@ def render(all_results: dict, seconds: int) -> tuple[str, bool]:
             f"inference servers; wrk drives single-row POST /predict requests with real test-split rows for {seconds} s "
             "per cell. `nnship` is the BentoML service with adaptive batching; `naive` is plain uvicorn + Starlette "
             "doing one ONNX Runtime call per request; `echo` is that same stack parsing the JSON and answering without "
-            "inference (the ceiling of the HTTP layer). Reproduce: `python -m loadtests.benchmark`.",
+            "inference (the ceiling of the HTTP layer). Reproduce: `python -m nnship.loadtests.benchmark`.",
             "",
             f"Mean rows per inference batch formed by nnship's batcher: digits-cnn {d['nnship']['mean_batch']:.1f}, "
             f"digits-heavy {h['nnship']['mean_batch']:.1f} (over the whole run).",

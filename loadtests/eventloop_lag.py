@@ -6,7 +6,7 @@ as large as the body limit allows. The probe's latency is the time the worker's 
 the server's CPU time per bad body is read from /proc through psutil (the serve process and its
 children). Prints a table and writes it to reports/eventloop-lag.md.
 
-    python -m loadtests.eventloop_lag --url http://127.0.0.1:3000 --pid SERVE_PID --label after
+    python -m nnship.loadtests.eventloop_lag --url http://127.0.0.1:3000 --pid SERVE_PID --label after
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Fuzz the service against its own OpenAPI document (/docs.json) with schemathesis.
 
-    python -m loadtests.fuzz --url http://127.0.0.1:3000 [--max-examples 100] [--report reports/fuzz.md]
+    python -m nnship.loadtests.fuzz --url http://127.0.0.1:3000 [--max-examples 100] [--report reports/fuzz.md]
 
-    python -m loadtests.fuzz [--model MODEL[:VERSION]]   # serves it (default: a tiny iris model)
+    python -m nnship.loadtests.fuzz [--model MODEL[:VERSION]]   # serves it (default: a tiny iris model)
 
 Runs `schemathesis run` on every documented route with all its checks (among them: no 5xx; status
 codes, content types, headers and bodies as documented; schema-valid requests accepted, invalid ones
 refused with 4xx; undocumented methods refused) and prints requests, routes, statuses and failures
 by check, also written to reports/fuzz.md.
 
-This module is also schemathesis's hooks module (SCHEMATHESIS_HOOKS=loadtests.fuzz). Two rules of the
+This module is also schemathesis's hooks module (SCHEMATHESIS_HOOKS=nnship.loadtests.fuzz). Two rules of the
 v2 request cannot be written in OpenAPI 3.0 and are stated in the document's words: `shape` is
 [N, *input_shape] for the N rows in `data`, and each output is named at most once. The hook below
 makes schema-valid (positive) cases follow them; negative cases are left alone. A schema-valid
@@ -137,7 +137,7 @@ def run(url: str, max_examples: int, seed: int, workers: int, out: Path) -> int:
         str(out / "report.json"),
     ]
     calls = str(out / "calls.ndjson")
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "loadtests.fuzz", "NNSHIP_FUZZ_LOG": calls}
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "nnship.loadtests.fuzz", "NNSHIP_FUZZ_LOG": calls}
     return subprocess.run(cmd, env=env, check=False).returncode
 
 
@@ -171,7 +171,7 @@ def markdown(summary: dict[str, Any], max_examples: int, seed: int, rc: int) -> 
     lines = [
         "# Fuzzing the service against its OpenAPI document",
         "",
-        f"`python -m loadtests.fuzz --max-examples {max_examples} --seed {seed}` "
+        f"`python -m nnship.loadtests.fuzz --max-examples {max_examples} --seed {seed}` "
         f"(schemathesis {schemathesis.__version__}; exit status {rc}).",
         "",
         f"- requests: {summary['requests']} over {len(summary['routes'])} routes "
@@ -190,8 +190,8 @@ def markdown(summary: dict[str, Any], max_examples: int, seed: int, rc: int) -> 
 
 def _tiny_model(home: Path) -> str:
     """A 3-epoch iris MLP exported into the BentoML store at `home`; returns its tag."""
-    from export.package import ExportOptions, export_run
-    from training.train import TrainConfig, train
+    from nnship.export.package import ExportOptions, export_run
+    from nnship.training.train import TrainConfig, train
 
     os.environ["BENTOML_HOME"] = str(home)
     train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(home / "runs" / "iris")))
@@ -204,12 +204,12 @@ def _tiny_model(home: Path) -> str:
 @contextlib.contextmanager
 def _serving(model: str | None) -> Iterator[str]:
     """A `bentoml serve` of `model` (default: a tiny iris model in a temporary store) on loopback."""
-    from loadtests.benchmark import _free_port, _server
+    from nnship.loadtests.benchmark import _free_port, _server
 
     with tempfile.TemporaryDirectory(prefix="nnship-fuzz-home-") as home:
         tag = model or _tiny_model(Path(home))
         url = f"http://127.0.0.1:{_free_port()}"
-        cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService"]
+        cmd = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
         cmd += ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
         env = {"NNSHIP_MODEL": tag, "NNSHIP_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true"}
         with _server(cmd, env, url, "/readyz"):

@@ -12,7 +12,7 @@ import gevent
 import numpy as np
 from locust import FastHttpUser, between, events, task
 
-from loadtests.rows import test_rows
+from nnship.loadtests.rows import test_rows
 
 ROWS = test_rows(os.environ.get("NNSHIP_LOADTEST_DATASET", "digits"))
 MODEL = os.environ.get("NNSHIP_LOADTEST_MODEL", "digits-cnn")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training.data import load_dataset, split
+from nnship.training.data import load_dataset, split
 
 
 def test_rows(dataset: str, limit: int = 256) -> list:

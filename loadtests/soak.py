@@ -1,7 +1,7 @@
 """Soak: hold ~50% of the measured capacity for a long while, sampling the worker's RSS and event-loop lag.
 
-    python -m loadtests.soak [--duration 600] [--model MODEL[:VERSION]] [--report-dir reports]
-    python -m loadtests.soak --url http://127.0.0.1:3000 --pid SERVE_PID   # a server already running
+    python -m nnship.loadtests.soak [--duration 600] [--model MODEL[:VERSION]] [--report-dir reports]
+    python -m nnship.loadtests.soak --url http://127.0.0.1:3000 --pid SERVE_PID   # a server already running
 
 Without --url it serves the model (default: a tiny iris mlp trained and exported into a temporary
 BentoML home) with one worker. It first measures capacity with a short closed-loop run, then sends
@@ -33,14 +33,14 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.rows import predict_bodies
 from nnship.io import atomic_write, atomic_write_json
+from nnship.loadtests.rows import predict_bodies
 
 log = logging.getLogger(__name__)
 
 LAG = "nnship_event_loop_lag_seconds"
 RSS_GROWTH_LIMIT = 0.10
-BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService"]
+BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
 MAX_IN_FLIGHT = 512  # more than this outstanding: the server is not keeping up (counted as errors)
 
 
@@ -81,8 +81,8 @@ def _free_port() -> int:
 
 def prepare_model(work: Path) -> str:
     """Train and export a tiny iris mlp into the BentoML home; returns its tag."""
-    from export.package import ExportOptions, export_run
-    from training.train import TrainConfig, train
+    from nnship.export.package import ExportOptions, export_run
+    from nnship.training.train import TrainConfig, train
 
     run = work / "runs" / "iris-soak"
     train(TrainConfig(model="mlp", dataset="iris", epochs=5, out=str(run)))
@@ -422,7 +422,9 @@ def soak(args: argparse.Namespace, url: str, serve_pid: int | None) -> dict:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m nnship.loadtests.soak", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--duration", type=float, default=600, help="seconds at the fixed rate")
     p.add_argument("--fraction", type=float, default=0.5, help="share of the capacity to hold")
     p.add_argument("--capacity-seconds", type=float, default=10, help="closed-loop measurement")

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.cnn import CNN, CNNConfig
-from models.common import ACTIVATIONS, config_from_dict
-from models.mlp import MLP, MLPConfig
-from models.preprocess import Preprocess, PreprocessConfig
-from models.rnn import RecurrentNet, RNNConfig
+from nnship.models.cnn import CNN, CNNConfig
+from nnship.models.common import ACTIVATIONS, config_from_dict
+from nnship.models.mlp import MLP, MLPConfig
+from nnship.models.preprocess import Preprocess, PreprocessConfig
+from nnship.models.rnn import RecurrentNet, RNNConfig
 
 REGISTRY: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),

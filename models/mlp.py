@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.common import check_dropout, check_positive_ints, make_activation
+from nnship.models.common import check_dropout, check_positive_ints, make_activation
 
 
 @dataclass

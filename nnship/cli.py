@@ -11,17 +11,23 @@ from collections.abc import Callable
 from nnship.errors import NnshipError
 
 SUBCOMMANDS = {
-    "train": ("training.cli", "train a network on a built-in or user data set"),
+    "train": ("nnship.training.cli", "train a network on a built-in or user data set"),
     "export": (
-        "export.cli",
+        "nnship.export.cli",
         "export a run to ONNX, verify, optimize and store it as a model package",
     ),
-    "serve": ("service.cli", "serve a model package over HTTP with BentoML and ONNX Runtime"),
-    "loadtest": ("loadtests.slo", "load-test a running service with Locust and gate on an SLO"),
+    "serve": (
+        "nnship.service.cli",
+        "serve a model package over HTTP with BentoML and ONNX Runtime",
+    ),
+    "loadtest": (
+        "nnship.loadtests.slo",
+        "load-test a running service with Locust and gate on an SLO",
+    ),
 }
 
 
-PACKAGES = ("nnship", "models", "training", "export", "service")
+PACKAGES = ("nnship",)  # one logger tree: nnship.models, nnship.training, nnship.service, ...
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from export.store import load_package, takes_sequences
 from nnship.errors import NnshipError
-from service.settings import (
+from nnship.export.store import load_package, takes_sequences
+from nnship.service.settings import (
     SERVE_TOKEN_ENV,
     SERVE_TOKEN_HEADER,
     Settings,
@@ -31,7 +31,7 @@ from service.settings import (
 )
 
 log = logging.getLogger(__name__)
-SERVICE = "service.service:NnshipService"
+SERVICE = "nnship.service.service:NnshipService"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # all drain
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_MARGIN_S = 10.0  # after the grace period: time for the workers' shutdown and the arbiter

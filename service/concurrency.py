@@ -12,8 +12,8 @@ import os
 
 from bentoml._internal.server.http import traffic
 
-from service import metrics
-from service.security import REQUEST_ID_RE, error_body
+from nnship.service import metrics
+from nnship.service.security import REQUEST_ID_RE, error_body
 
 MESSAGE = "too many requests in flight; retry shortly"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.oip import STATE
+from nnship.service.oip import STATE
 
 
 def _cors_enabled() -> bool:

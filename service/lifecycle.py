@@ -17,10 +17,10 @@ from typing import Any
 
 import bentoml
 
-from export.store import load_package
 from nnship.errors import NnshipError
-from service import connections
-from service.settings import SERVE_TOKEN_HEADER, Settings, api_key_env_named
+from nnship.export.store import load_package
+from nnship.service import connections
+from nnship.service.settings import SERVE_TOKEN_HEADER, Settings, api_key_env_named
 
 log = logging.getLogger(__name__)
 ARBITER_ENV = "NNSHIP_ARBITER_PID"  # set by `bentoml serve`'s main process for its workers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from service import metrics
+from nnship.service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.security import REQUEST_ID
-from service.validation import RequestError, printable
+from nnship.service.security import REQUEST_ID
+from nnship.service.validation import RequestError, printable
 
 log = logging.getLogger(__name__)
 ECHO_CHARS = 64  # client strings echoed in an error are cut to this many characters

@@ -19,9 +19,9 @@ import json
 import logging
 from typing import Any
 
-from service.oip import STATE
-from service.security import ALWAYS_OPEN
-from service.validation import F32_MAX
+from nnship.service.oip import STATE
+from nnship.service.security import ALWAYS_OPEN
+from nnship.service.validation import F32_MAX
 
 log = logging.getLogger(__name__)
 

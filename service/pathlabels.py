@@ -24,7 +24,7 @@ def install(known: Iterable[str], known_patterns: Iterable[str] = (), bound: boo
     global _installed
     from bentoml._internal.server.http import instruments
 
-    from service.security import refuse_websocket
+    from nnship.service.security import refuse_websocket
 
     patterns = [re.compile(p) for p in known_patterns]
     paths = set(known)

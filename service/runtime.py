@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime import CPU, batch_coupled_ops, session_options
-from export.store import Package, graph_mismatch, load_package, one_line
 from nnship.errors import NnshipError
-from service.settings import Settings
+from nnship.export.runtime import CPU, batch_coupled_ops, session_options
+from nnship.export.store import Package, graph_mismatch, load_package, one_line
+from nnship.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 
-from service import metrics
-from service.settings import Settings
-from service.validation import printable
+from nnship.service import metrics
+from nnship.service.settings import Settings
+from nnship.service.validation import printable
 
 log = logging.getLogger(__name__)
 

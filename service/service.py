@@ -1,4 +1,4 @@
-"""The BentoML service: `bentoml serve service.service:NnshipService` (or `nnship serve MODEL`)."""
+"""The BentoML service: `bentoml serve nnship.service.service:NnshipService` (or `nnship serve MODEL`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from nnship.errors import NnshipError
-from service import (
+from nnship.service import (
     concurrency,
     connections,
     lifecycle,
@@ -28,17 +28,17 @@ from service import (
     pathlabels,
     timeouts,
 )
-from service.batching import AdaptiveBatcher, Overloaded
-from service.endpoint import PredictEndpoint
-from service.oip import STATE, oip_app
-from service.openapi import OpenAPIDocument
-from service.runtime import Runtime, load_runtime
-from service.security import REQUEST_ID, Guard, trust_forwarded
-from service.settings import SERVE_TOKEN_ENV, Settings
-from service.validation import RequestError, Validator
+from nnship.service.batching import AdaptiveBatcher, Overloaded
+from nnship.service.endpoint import PredictEndpoint
+from nnship.service.oip import STATE, oip_app
+from nnship.service.openapi import OpenAPIDocument
+from nnship.service.runtime import Runtime, load_runtime
+from nnship.service.security import REQUEST_ID, Guard, trust_forwarded
+from nnship.service.settings import SERVE_TOKEN_ENV, Settings
+from nnship.service.validation import RequestError, Validator
 
 log = logging.getLogger(__name__)
-logging.getLogger("service").setLevel(
+logging.getLogger("nnship.service").setLevel(
     logging.INFO
 )  # BentoML's server logging keeps other loggers at WARNING
 

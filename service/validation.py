@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
-from export.store import takes_sequences
+from nnship.export.store import takes_sequences
 
 F32_MAX = float(np.finfo(np.float32).max)
 # a request's bytes per value (a 39-digit integer, or a float64 repr, with separator and the

@@ -36,7 +36,7 @@ def npz_file(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished 3-epoch mlp run on iris, shared by read-only tests."""
-    from training.train import TrainConfig, train
+    from nnship.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "iris"
     train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(out)))
@@ -46,7 +46,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def iris_package(tiny_run):
     """The tiny iris run exported into the test model store as iris-served (fp32 and int8-dynamic)."""
-    from export.package import ExportOptions, export_run
+    from nnship.export.package import ExportOptions, export_run
 
     return export_run(
         ExportOptions(

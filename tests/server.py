@@ -38,7 +38,7 @@ def running_server(
             "-m",
             "bentoml",
             "serve",
-            "service.service:NnshipService",
+            "nnship.service.service:NnshipService",
             "--host",
             "127.0.0.1",
             "--port",

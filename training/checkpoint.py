@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from models import Network, build_model
 from nnship.errors import NnshipError
 from nnship.io import atomic_write, atomic_write_json, read_record, sha256_file, verify_file
+from nnship.models import Network, build_model
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`nnship train` / `python -m training` / `torchrun -m training`: a thin parser over train()."""
+"""`nnship train` / `python -m nnship.training` / `torchrun -m nnship.training`: a thin parser over train()."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import logging
 import os
 
-from models import ACTIVATIONS, REGISTRY
 from nnship.errors import NnshipError
-from training.data import BUILTIN
-from training.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig, train
+from nnship.models import ACTIVATIONS, REGISTRY
+from nnship.training.data import BUILTIN
+from nnship.training.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig, train
 
 log = logging.getLogger(__name__)
 

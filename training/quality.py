@@ -1,6 +1,6 @@
 """Retrain the quality-bar models over several seeds and write the table to a report.
 
-python -m training.quality [--seeds 0 1 2] [--report reports/training-quality.md]
+python -m nnship.training.quality [--seeds 0 1 2] [--report reports/training-quality.md]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from nnship.io import atomic_write
-from training.train import TrainConfig, train
+from nnship.training.train import TrainConfig, train
 
 # (model, dataset, metric, bar, classical anchor on the same split)
 BARS = [
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Training quality",
         "",
         f"Defaults of `nnship train`, test split (stratified 80/20, seed 0), seeds {args.seeds}.",
-        "Reproduce: `python -m training.quality`.",
+        "Reproduce: `python -m nnship.training.quality`.",
         "",
         "| model / data | metric | mean | min | bar (mean) | result | max train s | classical anchor |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -22,13 +22,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from models import REGISTRY, Network, build_model
 from nnship.errors import NnshipError
 from nnship.io import atomic_write_json, holds_record, staged_dir
-from training import checkpoint as ckpt
-from training.data import Dataset, Splits, input_stats, load_dataset, split
-from training.metrics import evaluate_arrays
-from training.progress import epoch_progress
+from nnship.models import REGISTRY, Network, build_model
+from nnship.training import checkpoint as ckpt
+from nnship.training.data import Dataset, Splits, input_stats, load_dataset, split
+from nnship.training.metrics import evaluate_arrays
+from nnship.training.progress import epoch_progress
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ def _evaluate(trainer: Trainer, cfg: TrainConfig, seconds: float) -> dict[str, A
 def _write_run(
     out: Path, trainer: Trainer, cfg: TrainConfig, ds: Dataset, sp: Splits, metrics: dict[str, Any]
 ) -> None:
-    from training.plots import plot_confusion, plot_curves, plot_regression
+    from nnship.training.plots import plot_confusion, plot_curves, plot_regression
 
     model = trainer.model
     meta = {

@@ -155,9 +155,9 @@ def test_resume_from_bad_checkpoint(capsys, tiny_run, tmp_path, damage):
 
 
 def test_console_script_and_module_entry(tmp_path):
-    """The real `python -m training` process: error on stderr, exit 2, no traceback."""
+    """The real `python -m nnship.training` process: error on stderr, exit 2, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "--dataset", "nope.txt"],
+        [sys.executable, "-m", "nnship.training", "--dataset", "nope.txt"],
         capture_output=True,
         text=True,
         timeout=120,

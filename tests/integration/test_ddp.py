@@ -36,7 +36,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
         tmp_path / "d.npz", n=200
     )  # 160 train -> 128 after validation: 4 global batches of 32
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = _train([sys.executable, "-m", "training"], data, tmp_path / "single", env)
+    single = _train([sys.executable, "-m", "nnship.training"], data, tmp_path / "single", env)
     assert single.returncode == 0, single.stderr
     launcher = [
         sys.executable,
@@ -46,7 +46,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
         "--nproc-per-node",
         "2",
         "-m",
-        "training",
+        "nnship.training",
     ]
     ddp = _train(launcher, data, tmp_path / "ddp", env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -8,13 +8,13 @@ import bentoml
 import numpy as np
 import pytest
 
-from export.package import ExportOptions, export_run
-from export.runtime import cpu_session
-from export.store import load_package
 from nnship.cli import main
 from nnship.errors import NnshipError
+from nnship.export.package import ExportOptions, export_run
+from nnship.export.runtime import cpu_session
+from nnship.export.store import load_package
 from nnship.io import sha256_file
-from training.data import load_dataset, split
+from nnship.training.data import load_dataset, split
 
 FAST = dict(bench_seconds=0.02, max_batch=200, threads=1)
 
@@ -157,7 +157,7 @@ def test_unwritable_store_leaves_nothing(tiny_run, tmp_path):
     blocker.write_text("x")
     env = {**os.environ, "BENTOML_HOME": str(blocker / "home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "export", str(tiny_run), "--out", str(tmp_path / "pkg")],
+        [sys.executable, "-m", "nnship.export", str(tiny_run), "--out", str(tmp_path / "pkg")],
         capture_output=True,
         text=True,
         env=env,

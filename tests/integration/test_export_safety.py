@@ -9,9 +9,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
-from export.package import ExportOptions, export_run
 from nnship.cli import main
-from training.train import TrainConfig, train
+from nnship.export.package import ExportOptions, export_run
+from nnship.training.train import TrainConfig, train
 
 FAST = dict(variants=("fp32",), bench_seconds=0.02, max_batch=50, threads=1)
 

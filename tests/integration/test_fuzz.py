@@ -4,7 +4,7 @@
 import httpx
 import pytest
 
-from loadtests.fuzz import run, summarize
+from nnship.loadtests.fuzz import run, summarize
 from tests.server import running_server
 
 ROUTES = {

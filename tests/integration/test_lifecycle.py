@@ -21,12 +21,12 @@ import httpx
 import psutil
 import pytest
 
-from service.cli import Supervisor
+from nnship.service.cli import Supervisor
 from tests.server import free_port
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 NNSHIP_SERVE = [sys.executable, "-m", "nnship.cli", "serve"]
-BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService"]
+BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -334,7 +334,7 @@ def test_no_key_configured_warns_once(iris_package, tmp_path):
 @pytest.fixture
 def tampered(iris_package, tmp_path) -> Path:
     """A copy of the iris package whose fp32 file was changed after export."""
-    from export.store import load_package
+    from nnship.export.store import load_package
 
     package = tmp_path / "pkg"
     shutil.copytree(load_package(f"iris-served:{iris_package['version']}").path, package)

@@ -15,11 +15,11 @@ import pytest
 from starlette.responses import JSONResponse
 from starlette.testclient import TestClient
 
-import service.cli
-from export.package import ExportOptions, export_run
-from export.store import graph_mismatch, load_package
+import nnship.service.cli
 from nnship.cli import main
 from nnship.errors import NnshipError
+from nnship.export.package import ExportOptions, export_run
+from nnship.export.store import graph_mismatch, load_package
 from tests.server import free_port
 
 
@@ -119,7 +119,7 @@ def test_serve_refuses_before_starting(corrupt, capsys, monkeypatch):
     def no_server(*a, **kw):
         raise AssertionError("the server was started for a corrupt package")
 
-    monkeypatch.setattr(service.cli.subprocess, "Popen", no_server)
+    monkeypatch.setattr(nnship.service.cli.subprocess, "Popen", no_server)
     rc = main(["serve", str(corrupt)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0, err
@@ -146,7 +146,7 @@ def test_the_exported_manifest_passes(package):
 # -- the manifest against the ONNX graph, start-up failures, the store, v2 errors ---------------
 
 NNSHIP_SERVE = [sys.executable, "-m", "nnship.cli", "serve"]
-BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve", "service.service:NnshipService"]
+BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
 MISMATCHES = {
     "shape [5]": (_set("input", "shape", value=[5]), "input.shape [5]"),
     "shape [10**12]": (_set("input", "shape", value=[10**12]), f"input.shape [{10**12}]"),
@@ -303,9 +303,9 @@ class _Served:
 @pytest.fixture
 def v2_client(monkeypatch):
     """The v2 app behind the Guard, as the service mounts it, serving a stand-in service."""
-    from service.oip import STATE, oip_app
-    from service.security import Guard
-    from service.settings import Settings
+    from nnship.service.oip import STATE, oip_app
+    from nnship.service.security import Guard
+    from nnship.service.settings import Settings
 
     monkeypatch.setattr(STATE, "service", _Served())
     with TestClient(Guard(oip_app, Settings(model="x")), raise_server_exceptions=False) as client:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from export.runtime import cpu_session
-from export.store import load_package
+from nnship.export.runtime import cpu_session
+from nnship.export.store import load_package
+from nnship.training.data import load_dataset, split
 from tests.server import running_server
-from training.data import load_dataset, split
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 

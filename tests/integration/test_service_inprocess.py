@@ -21,13 +21,13 @@ def service_app(iris_package):
     os.environ["NNSHIP_VARIANT"] = "int8-dynamic"
     from _bentoml_impl.loader import load
 
-    import service.runtime as runtime
+    import nnship.service.runtime as runtime
 
     seen = {}
     original = runtime.Runtime.warm_up
 
     def spy(self, max_batch):
-        from service.oip import STATE
+        from nnship.service.oip import STATE
 
         seen["published_during_warm_up"] = STATE.service is not None
         seen["sizes"] = original(self, max_batch)
@@ -35,7 +35,7 @@ def service_app(iris_package):
 
     runtime.Runtime.warm_up = spy
     try:
-        svc = load("service.service:NnshipService", standalone_load=True)
+        svc = load("nnship.service.service:NnshipService", standalone_load=True)
         app = svc.to_asgi(is_main=True)
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client, seen, app
@@ -51,7 +51,7 @@ def service_app(iris_package):
 @pytest.fixture(params=["asgi", "bentoml"])
 def app_client(request, service_app):
     """The app with /predict answered by nnship's ASGI endpoint, then by BentoML's API layer."""
-    from service.endpoint import PredictEndpoint
+    from nnship.service.endpoint import PredictEndpoint
 
     client, seen, app = service_app
     client.get("/livez")  # Starlette builds its middleware stack on the first request
@@ -89,7 +89,7 @@ def test_predict_in_process(app_client):
 def test_both_routes_give_the_runtime_s_answers(app_client):
     """Same contract either way: labels and probabilities equal ONNX Runtime's own, batch by batch."""
     client, seen = app_client
-    from service.oip import STATE
+    from nnship.service.oip import STATE
 
     svc = STATE.service
     rng = np.random.default_rng(1)
@@ -121,7 +121,7 @@ def test_both_routes_give_the_runtime_s_answers(app_client):
 
 def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):
     client, _ = app_client
-    from service.oip import STATE
+    from nnship.service.oip import STATE
 
     rt = STATE.service.runtime
     original = rt.run
@@ -152,7 +152,7 @@ def test_batched_answers_equal_single_answers(app_client):
     whose dynamic quantization would mix rows that share an inference call."""
     import concurrent.futures
 
-    from service.oip import STATE
+    from nnship.service.oip import STATE
 
     client, _ = app_client
     assert STATE.service.runtime.variant == "int8-dynamic"
@@ -180,7 +180,7 @@ def _serve(args, env=None):
 
 
 def test_tampered_model_refused_at_start(iris_package, tmp_path):
-    from export.store import load_package
+    from nnship.export.store import load_package
 
     src = load_package(f"iris-served:{iris_package['version']}").path
     pkg = tmp_path / "pkg"
@@ -208,8 +208,8 @@ def test_unknown_model_refused(tmp_path):
 def test_require_gpu_fails_clearly_without_cuda(iris_package):
     import onnxruntime as ort
 
-    from service.runtime import load_runtime, nvidia_device_present
-    from service.settings import Settings
+    from nnship.service.runtime import load_runtime, nvidia_device_present
+    from nnship.service.settings import Settings
 
     settings = Settings(model=f"iris-served:{iris_package['version']}", require_gpu=True)
     if nvidia_device_present() and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -224,8 +224,8 @@ def test_require_gpu_fails_clearly_without_cuda(iris_package):
 
 
 def test_cpu_provider_reported(iris_package):
-    from service.runtime import load_runtime, nvidia_device_present
-    from service.settings import Settings
+    from nnship.service.runtime import load_runtime, nvidia_device_present
+    from nnship.service.settings import Settings
 
     rt = load_runtime(Settings(model=f"iris-served:{iris_package['version']}", threads=1))
     assert rt.session.get_providers()[0] == rt.provider
@@ -239,8 +239,8 @@ def test_cpu_provider_reported(iris_package):
 def test_batch_coupling_is_detected_from_the_graph(iris_package):
     """Dynamic int8 derives one activation scale per input tensor: batched rows change each
     other's outputs, which is why the service runs such a variant one request at a time."""
-    from service.runtime import load_runtime
-    from service.settings import Settings
+    from nnship.service.runtime import load_runtime
+    from nnship.service.settings import Settings
 
     rng = np.random.default_rng(3)
     x = (rng.normal(0, 0.3, (16, 4)) + np.array(ROW)).astype(np.float32)
@@ -259,8 +259,8 @@ def test_batch_coupling_is_detected_from_the_graph(iris_package):
 
 @pytest.mark.gpu
 def test_cuda_provider_really_runs(iris_package):
-    from service.runtime import load_runtime, nvidia_device_present
-    from service.settings import Settings
+    from nnship.service.runtime import load_runtime, nvidia_device_present
+    from nnship.service.settings import Settings
 
     if not nvidia_device_present():
         pytest.skip("no NVIDIA device")

@@ -9,7 +9,15 @@ import pytest
 
 @pytest.mark.slow
 def test_one_minute_soak(iris_package, tmp_path):
-    cmd = [sys.executable, "-m", "loadtests.soak", "--duration", "60", "--capacity-seconds", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnship.loadtests.soak",
+        "--duration",
+        "60",
+        "--capacity-seconds",
+        "5",
+    ]
     cmd += ["--model", f"iris-served:{iris_package['version']}", "--report-dir", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

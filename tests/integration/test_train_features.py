@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.checkpoint import load_checkpoint
-from training.train import TrainConfig, train
+from nnship.training.checkpoint import load_checkpoint
+from nnship.training.train import TrainConfig, train
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import AdaptiveBatcher, Overloaded
+from nnship.service.batching import AdaptiveBatcher, Overloaded
 
 
 class Model:
@@ -100,7 +100,7 @@ def test_the_consumer_outlives_a_model_that_returns_garbage():
 def test_batch_coupling_found_inside_subgraphs():
     from onnx import TensorProto, helper
 
-    from export.runtime import batch_coupled_ops
+    from nnship.export.runtime import batch_coupled_ops
 
     def branch(name):
         return helper.make_graph(

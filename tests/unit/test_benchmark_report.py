@@ -1,6 +1,6 @@
 """The serving benchmark's report: bars judged from the figures, profile stacks bucketed."""
 
-from loadtests.benchmark import CONCURRENCY, render, summarize_profile
+from nnship.loadtests.benchmark import CONCURRENCY, render, summarize_profile
 
 
 def cell(rps, p50=1.0, errors=0, cpu=500.0):

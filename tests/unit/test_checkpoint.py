@@ -7,8 +7,8 @@ from safetensors.torch import load_file, save_file
 
 from nnship.errors import NnshipError
 from nnship.io import sha256_file
-from training.checkpoint import load_checkpoint
-from training.data import load_dataset, split
+from nnship.training.checkpoint import load_checkpoint
+from nnship.training.data import load_dataset, split
 
 
 def test_round_trip_reproduces_predictions_bit_exactly(tiny_run):

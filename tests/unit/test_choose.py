@@ -1,6 +1,6 @@
 import pytest
 
-from export.choose import choose_default
+from nnship.export.choose import choose_default
 
 
 def v(metric, p50, rps, shipped=True, providers=None):

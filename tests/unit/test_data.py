@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from nnship.errors import NnshipError
-from training.data import BUILTIN, input_stats, load_dataset, split
+from nnship.training.data import BUILTIN, input_stats, load_dataset, split
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ import asyncio
 
 from starlette.responses import JSONResponse
 
-from service.endpoint import PredictEndpoint
-from service.oip import STATE
+from nnship.service.endpoint import PredictEndpoint
+from nnship.service.oip import STATE
 
 
 class Recorder:

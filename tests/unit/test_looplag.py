@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from service import looplag, metrics
+from nnship.service import looplag, metrics
 
 
 class Recorder:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import ACTIVATIONS, REGISTRY, build_model
+from nnship.models import ACTIVATIONS, REGISTRY, build_model
 
 SHAPES = {"mlp": (13,), "cnn": (1, 8, 8), "rnn": (8, 5), "lstm": (8, 5), "gru": (8, 5)}
 

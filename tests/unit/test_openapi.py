@@ -2,8 +2,8 @@
 
 from types import SimpleNamespace
 
-from service.openapi import document
-from service.validation import Validator
+from nnship.service.openapi import document
+from nnship.service.validation import Validator
 
 
 def manifest(family, shape, task="classification"):

@@ -6,7 +6,7 @@ from sklearn.feature_selection import SelectKBest, f_classif, f_regression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.preprocess import Preprocess, PreprocessConfig
+from nnship.models.preprocess import Preprocess, PreprocessConfig
 
 
 def _data(task):

@@ -9,8 +9,14 @@ import math
 
 import pytest
 
-from service.security import MAX_RETRY_AFTER, Guard, TokenBuckets, retry_after, trust_forwarded
-from service.settings import Settings
+from nnship.service.security import (
+    MAX_RETRY_AFTER,
+    Guard,
+    TokenBuckets,
+    retry_after,
+    trust_forwarded,
+)
+from nnship.service.settings import Settings
 
 KEY = "k3y"
 

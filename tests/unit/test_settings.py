@@ -10,7 +10,7 @@ import pytest
 
 from nnship.cli import main
 from nnship.errors import NnshipError
-from service.settings import Settings, variable
+from nnship.service.settings import Settings, variable
 
 NUMERIC = [f for f in fields(Settings) if type(f.default) in (int, float)]
 

@@ -2,7 +2,7 @@
 
 import math
 
-from loadtests.soak import Window, lag_figures, quantile, summarize
+from nnship.loadtests.soak import Window, lag_figures, quantile, summarize
 
 INF = math.inf
 

@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 
-from service.timeouts import CancellingTimeout
+from nnship.service.timeouts import CancellingTimeout
 
 
 def _run(app, n=1):
@@ -51,7 +51,7 @@ def test_late_answer_is_a_504():
 def test_bentoml_builds_the_fixed_middleware():
     from bentoml._internal.server.http import traffic
 
-    from service import timeouts
+    from nnship.service import timeouts
 
     timeouts.install()
     assert traffic.TimeoutMiddleware is CancellingTimeout

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from service.validation import RequestError, Validator
+from nnship.service.validation import RequestError, Validator
 
 
 def manifest(task="classification"):

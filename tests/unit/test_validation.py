@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from service.security import TokenBuckets
-from service.settings import Settings
-from service.validation import RequestError, Validator
+from nnship.service.security import TokenBuckets
+from nnship.service.settings import Settings
+from nnship.service.validation import RequestError, Validator
 
 
 def manifest(family, shape, feats):
@@ -145,7 +145,7 @@ def test_settings_from_env():
 def test_made_up_keys_do_not_escape_the_rate_limit():
     import asyncio
 
-    from service.security import Guard
+    from nnship.service.security import Guard
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -209,7 +209,7 @@ def test_v2_parameters_must_be_an_object():
 def test_flags_override_environment_only_when_given(monkeypatch):
     import argparse
 
-    from service.cli import add_arguments, settings_from_args
+    from nnship.service.cli import add_arguments, settings_from_args
 
     monkeypatch.setenv("NNSHIP_PROTECT_ALL", "true")
     monkeypatch.setenv("NNSHIP_RATE_LIMIT", "5")
@@ -227,7 +227,7 @@ def test_flags_override_environment_only_when_given(monkeypatch):
 def test_one_checked_request_id_reaches_the_app():
     import asyncio
 
-    from service.security import Guard
+    from nnship.service.security import Guard
 
     seen = []
 
