@@ -295,7 +295,7 @@ def test_wrong_keys_are_limited_per_client(keyed):
     ids=["authorization", "x-api-key", "content-type", "content-type-charset"],
 )
 def test_repeated_security_headers_refused(keyed, source, headers, more):
-    """The reviewer's requests: a wrong then a right key, text/plain then JSON. Each header the guard
+    """Repeated security headers: a wrong then a right key, text/plain then JSON. Each header the guard
     decides on must come once; before, the last copy won and these were answered 200."""
     status, hdrs, body = raw(keyed, "POST", "/predict", PREDICT, headers, source, tuple(more))
     answer = json.loads(body)
