@@ -16,12 +16,10 @@ import re
 from collections.abc import Iterable
 
 OTHER = "/__other__"
-_installed: set[str] | None = None
 
 
 def install(known: Iterable[str], known_patterns: Iterable[str] = (), bound: bool = True) -> None:
     """Replace BentoML's traffic-metrics middleware class with the guarded one (idempotent)."""
-    global _installed
     from bentoml._internal.server.http import instruments
 
     from nnship.service.security import refuse_websocket
@@ -65,4 +63,3 @@ def install(known: Iterable[str], known_patterns: Iterable[str] = (), bound: boo
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = BoundedPathMetrics
-    _installed = paths
