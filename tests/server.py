@@ -16,6 +16,15 @@ from pathlib import Path
 import httpx
 
 
+def iris_env(iris_package: dict, **extra: str) -> dict[str, str]:
+    """Settings serving the tiny iris test package on one thread, plus NNSHIP_<KEY>=value extras."""
+    return {
+        "NNSHIP_MODEL": f"iris-served:{iris_package['version']}",
+        "NNSHIP_THREADS": "1",
+        **{f"NNSHIP_{k.upper()}": v for k, v in extra.items()},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

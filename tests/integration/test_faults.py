@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.server import running_server
+from tests.server import iris_env, running_server
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 CLIENTS = 4  # bounded load: at most this many requests are ever in flight
@@ -70,12 +70,7 @@ def wait_ready(url: str, bound: float) -> float:
 
 @pytest.mark.slow
 def test_kill_9_worker_under_load(iris_package):
-    env = {
-        "NNSHIP_MODEL": f"iris-served:{iris_package['version']}",
-        "NNSHIP_WORKERS": "1",
-        "NNSHIP_THREADS": "1",
-    }
-    with running_server(env) as (url, _):
+    with running_server(iris_env(iris_package, workers="1")) as (url, _):
         server = serve_process(int(url.rsplit(":", 1)[1]))
         victim = worker_of(server)
         stop, calls = threading.Event(), []

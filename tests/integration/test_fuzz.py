@@ -5,7 +5,7 @@ import httpx
 import pytest
 
 from nnship.loadtests.fuzz import run, summarize
-from tests.server import running_server
+from tests.server import iris_env, running_server
 
 ROUTES = {
     "GET /healthz",
@@ -27,12 +27,7 @@ ROUTES = {
 
 @pytest.fixture(scope="module")
 def server(iris_package):
-    env = {
-        "NNSHIP_MODEL": f"iris-served:{iris_package['version']}",
-        "NNSHIP_THREADS": "1",
-        "NNSHIP_MAX_ROWS": "64",
-    }
-    with running_server(env) as (url, _):
+    with running_server(iris_env(iris_package, max_rows="64")) as (url, _):
         yield url, iris_package["version"]
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import running_server
+from tests.server import iris_env, running_server
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 KEY = "s3cret-key"
@@ -77,14 +77,6 @@ def value(
         for s in f.samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     )
-
-
-def iris_env(iris_package, **extra: str) -> dict[str, str]:
-    return {
-        "NNSHIP_MODEL": f"iris-served:{iris_package['version']}",
-        "NNSHIP_THREADS": "1",
-        **{f"NNSHIP_{k.upper()}": v for k, v in extra.items()},
-    }
 
 
 @pytest.fixture(scope="module")

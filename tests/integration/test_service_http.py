@@ -12,19 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from nnship.export.runtime import cpu_session
 from nnship.export.store import load_package
 from nnship.training.data import load_dataset, split
-from tests.server import running_server
+from tests.server import iris_env, running_server
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 @pytest.fixture(scope="module")
 def server(iris_package):
-    env = {
-        "NNSHIP_MODEL": f"iris-served:{iris_package['version']}",
-        "NNSHIP_MAX_ROWS": "64",
-        "NNSHIP_MAX_BODY_BYTES": "20000",
-        "NNSHIP_THREADS": "1",
-    }
+    env = iris_env(iris_package, max_rows="64", max_body_bytes="20000")
     with running_server(env) as (url, log):
         yield url, log
 
