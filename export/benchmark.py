@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from nnship.export.bench import measure, ort_runner, torch_runner
-from nnship.export.package import ExportOptions, export_run
-from nnship.export.runtime import cpu_session
+from nnship.export.package import ExportOptions, export_run, load_run
 from nnship.io import atomic_write
-from nnship.training.checkpoint import load_checkpoint
-from nnship.training.data import load_dataset, split
+from nnship.onnxrt import cpu_session
 from nnship.training.train import TrainConfig, train
 
 # family, dataset, bar for the batch-1 p50 speed-up of the default variant over PyTorch eager
@@ -35,8 +33,8 @@ def bench_family(model: str, dataset: str, work: Path, seconds: float) -> dict:
     manifest = export_run(
         ExportOptions(str(run), name=f"{dataset}-{model}", store=False, bench_seconds=seconds)
     )
-    net, _ = load_checkpoint(run)
-    x = split(load_dataset(dataset)).x_test
+    stored = load_run(run)
+    net, x = stored.model, stored.rows.x_test
     row, big = x[:1], np.resize(x, (256, *x.shape[1:]))
     rows: dict[int, dict[str, dict]] = {}
     for threads in sorted({1, os.cpu_count() or 1}):

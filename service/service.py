@@ -19,6 +19,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from nnship.errors import NnshipError
+from nnship.numeric import softmax
 from nnship.service import (
     concurrency,
     connections,
@@ -122,9 +123,9 @@ class NnshipService:
         """Load and check the model, set up batching and metrics, warm up, then publish."""
         self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
         m = self.runtime.manifest
-        self.model, self.version = m["model"], m["version"] or "local"
-        self.labels = m["output"]["labels"]
-        self.classification = m["task"] == "classification"
+        self.model, self.version = m.model, m.version or "local"
+        self.labels = m.output.labels
+        self.classification = m.classification
         self.validator = Validator(
             m, SETTINGS.max_rows, SETTINGS.max_seq_len, SETTINGS.strict_range, SETTINGS.range_margin
         )
@@ -223,9 +224,7 @@ class NnshipService:
             "variant": self.runtime.variant,
         }
         if self.classification:
-            z = out - out.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
+            p = softmax(out)
             idx = p.argmax(axis=1).tolist()
             for i in idx:
                 self._predicted[i].inc()
