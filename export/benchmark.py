@@ -41,10 +41,9 @@ def bench_family(model: str, dataset: str, work: Path, seconds: float) -> dict:
         rows[threads] = {
             "pytorch": measure(torch_runner(net, threads), row, big, seconds).as_dict()
         }
-        for name, v in manifest["variants"].items():
-            if v.get("shipped"):
-                s = cpu_session(run / "package" / v["file"], threads)
-                rows[threads][name] = measure(ort_runner(s), row, big, seconds).as_dict()
+        for name in manifest.shipped:
+            s = cpu_session(run / "package" / manifest.variants[name].file, threads)
+            rows[threads][name] = measure(ort_runner(s), row, big, seconds).as_dict()
     return {"manifest": manifest, "speed": rows}
 
 
@@ -63,39 +62,39 @@ def render(results: dict, families: list) -> tuple[list[str], bool]:
     for model, dataset, bar in families:
         r = results[model]
         m = r["manifest"]
-        default = m["default_variant"]
+        default = m.default_variant
         ups, tps = [], []
         for threads, speeds in r["speed"].items():
             base = speeds["pytorch"]
             for name, s in speeds.items():
-                v = m["variants"].get(name, {})
+                v = m.variants.get(name)
                 up, tp = base["p50_ms"] / s["p50_ms"], s["throughput_rps"] / base["throughput_rps"]
                 if name == default:
                     ups.append(up)
                     tps.append(tp)
                 note = "default" if name == default else ""
-                metric = f"{v['test_metric']:.4f}" if v else f"{m['pytorch']['test_metric']:.4f}"
-                delta = f"{v['metric_delta']:+.4f}" if v else "—"
+                metric = f"{(v or m.pytorch).test_metric:.4f}"
+                delta = f"{v.metric_delta:+.4f}" if v else "—"
                 lines.append(
                     f"| {model}/{dataset} | {name} | {threads} | {s['p50_ms']:.4f} | {s['p99_ms']:.4f} "
                     f"| {s['throughput_rps']:,.0f} | {up:.2f}x | {tp:.2f}x | {metric} | {delta} | {note} |"
                 )
-        for name, v in m["variants"].items():
-            if not v.get("shipped"):
+        for name, v in m.variants.items():
+            if not v.shipped:
                 lines.append(
                     f"| {model}/{dataset} | {name} | — | — | — | — | — | — | — | — | not shipped: "
-                    f"{v.get('reason', '')} |"
+                    f"{v.reason or ''} |"
                 )
         passed = (
             min(ups) >= bar
             and min(tps) >= THROUGHPUT_BAR
-            and -m["variants"][default]["metric_delta"] <= 0.003
+            and -m.variants[default].metric_delta <= 0.003
         )
         ok &= passed
         summary.append(
             f"| {model}/{dataset} | {default} | {' / '.join(f'{u:.2f}x' for u in ups)} "
             f"| {' / '.join(f'{t:.2f}x' for t in tps)} | p50 ≥ {bar}x, rows/s ≥ {THROUGHPUT_BAR}x "
-            f"| {m['variants'][default]['metric_delta']:+.4f} | {'pass' if passed else 'FAIL'} |"
+            f"| {m.variants[default].metric_delta:+.4f} | {'pass' if passed else 'FAIL'} |"
         )
         summary.append("")
     return [*[s for s in summary if s], "", "All measurements:", "", *lines], ok

@@ -212,7 +212,12 @@ def verify_one(
 
 
 def build_variants(
-    variants: tuple[str, ...], raw: Path, folder: Path, run: Run, opts: ExportOptions, progress
+    variants: tuple[str, ...],
+    raw: Path,
+    folder: Path,
+    run: Run,
+    opts: ExportOptions,
+    progress: Any,
 ) -> Built:
     """Build, open and verify every requested variant; failures other than fp32's are recorded."""
     threads = opts.threads or os.cpu_count() or 1
@@ -304,13 +309,16 @@ def build_manifest(
     return parse(Manifest, record, MANIFEST, "nnship model package")
 
 
-def write_package(folder: Path, manifest: Manifest, store: bool) -> Manifest:
-    """manifest.json and the report into the staged folder; into the model store when asked."""
+def write_package(folder: Path, manifest: Manifest) -> None:
+    """manifest.json and the report into the staged package folder."""
     write_record(folder / MANIFEST, manifest)
     write_report(folder, manifest)
-    if store:
-        manifest = manifest.model_copy(update={"version": save_to_store(folder, manifest)})
-        write_record(folder / MANIFEST, manifest)
+
+
+def import_to_store(folder: Path, manifest: Manifest) -> Manifest:
+    """Copy the package into the model store; the manifest now carries the store's version."""
+    manifest = manifest.model_copy(update={"version": save_to_store(folder, manifest)})
+    write_record(folder / MANIFEST, manifest)
     return manifest
 
 
@@ -325,7 +333,7 @@ def check_options(opts: ExportOptions) -> tuple[tuple[str, ...], str, Path, bool
     return variants, name, out, replace
 
 
-def export_run(opts: ExportOptions) -> dict[str, Any]:
+def export_run(opts: ExportOptions) -> Manifest:
     """Export, verify, optimize, measure and package a run; returns the manifest as written."""
     variants, name, out, replace = check_options(opts)
     run = load_run(Path(opts.run_dir))
@@ -345,11 +353,12 @@ def export_run(opts: ExportOptions) -> dict[str, Any]:
         pytorch = benchmark(built, run, opts)
         progress.done("pytorch")
         apply_budget(built.results, opts.accuracy_budget, tmp)
-        manifest = write_package(
-            tmp, build_manifest(name, run, exporter, built, pytorch, opts), opts.store
-        )
+        manifest = build_manifest(name, run, exporter, built, pytorch, opts)
+        write_package(tmp, manifest)
+        if opts.store:
+            manifest = import_to_store(tmp, manifest)
         progress.done("package")
-    return as_json(manifest)
+    return manifest
 
 
 def _store_safe(value: Any) -> Any:

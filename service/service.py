@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ import numpy as np
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from nnship.contracts import MANIFEST, read_manifest
 from nnship.errors import NnshipError
 from nnship.numeric import softmax
 from nnship.service import (
@@ -54,8 +54,8 @@ def _model_name(ref: str) -> str:
     """The served model's name, for the closed set of metric path labels."""
     if Path(ref).is_dir():
         try:
-            return json.loads((Path(ref) / "manifest.json").read_text())["model"]
-        except (OSError, ValueError, KeyError):
+            return read_manifest(Path(ref) / MANIFEST).model
+        except NnshipError:
             return Path(ref).name
     return ref.split(":")[0]
 

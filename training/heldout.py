@@ -31,7 +31,7 @@ class HeldOutRows:
     x_calibration: np.ndarray
 
 
-def test_sample(n: int, limit: int = MAX_TEST_ROWS) -> np.ndarray:
+def sample_indices(n: int, limit: int = MAX_TEST_ROWS) -> np.ndarray:
     """Indices of the test rows kept: all of them, or a seeded sample of `limit` in split order."""
     if n <= limit:
         return np.arange(n)
@@ -42,7 +42,7 @@ def save_heldout(
     run_dir: Path, x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> dict[str, object]:
     """Write heldout.safetensors atomically; returns its checkpoint.json record."""
-    keep = test_sample(len(x_test))
+    keep = sample_indices(len(x_test))
     tensors = {
         "test.x": np.ascontiguousarray(x_test[keep]),
         "test.y": np.ascontiguousarray(y_test[keep]),

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from nnship.contracts import as_json
 from nnship.errors import NnshipError
 from nnship.export.package import ExportOptions, export_run
 from nnship.training.train import TrainConfig, train
@@ -36,7 +37,7 @@ def _export(run):
         max_batch=64,
         threads=1,
     )
-    return export_run(opts)
+    return as_json(export_run(opts))
 
 
 def _figures(manifest):
