@@ -6,7 +6,7 @@ import pytest
 from nnship.contracts import HeldOut
 from nnship.errors import NnshipError
 from nnship.package import Package
-from nnship.training.heldout import MAX_TEST_ROWS, load_heldout, save_heldout, sample_indices
+from nnship.training.heldout import MAX_TEST_ROWS, load_heldout, sample_indices, save_heldout
 from tests.manifests import manifest
 
 
