@@ -80,8 +80,8 @@ def test_image_and_sequence_families_train(tmp_path, model):
     )
     assert m["test_accuracy"] > 0.3  # three tiny epochs, chance is 0.1
     meta = json.loads((tmp_path / model / "checkpoint.json").read_text())
-    assert meta.training["augment"] is True  # shifts on by default for digits images and rows
-    assert meta.training["standardize"] == ("channel" if model == "cnn" else "feature")
+    assert meta["training"]["augment"] is True  # shifts on by default for digits images and rows
+    assert meta["training"]["standardize"] == ("channel" if model == "cnn" else "feature")
 
 
 def test_resume_from_an_interrupted_runs_snapshot(tmp_path):
