@@ -9,7 +9,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test lint format quality export-bench serve-bench soak fuzz clean
+.PHONY: setup demo test lint format schemas quality export-bench serve-bench soak fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,9 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+schemas: setup  ## docs/schemas/*.schema.json from the typed contracts (nnship/contracts.py)
+	$(BIN)/python -m nnship.contracts
 
 quality: setup  ## retrain the quality-bar models over 3 seeds -> reports/training-quality.md
 	$(BIN)/python -m nnship.training.quality

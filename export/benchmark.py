@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from nnship.export.bench import measure, ort_runner, torch_runner
-from nnship.export.package import ExportOptions, export_run
-from nnship.export.runtime import cpu_session
+from nnship.export.package import ExportOptions, export_run, load_run
 from nnship.io import atomic_write
-from nnship.training.checkpoint import load_checkpoint
-from nnship.training.data import load_dataset, split
+from nnship.onnxrt import cpu_session
 from nnship.training.train import TrainConfig, train
 
 # family, dataset, bar for the batch-1 p50 speed-up of the default variant over PyTorch eager
@@ -35,18 +33,17 @@ def bench_family(model: str, dataset: str, work: Path, seconds: float) -> dict:
     manifest = export_run(
         ExportOptions(str(run), name=f"{dataset}-{model}", store=False, bench_seconds=seconds)
     )
-    net, _ = load_checkpoint(run)
-    x = split(load_dataset(dataset)).x_test
+    stored = load_run(run)
+    net, x = stored.model, stored.rows.x_test
     row, big = x[:1], np.resize(x, (256, *x.shape[1:]))
     rows: dict[int, dict[str, dict]] = {}
     for threads in sorted({1, os.cpu_count() or 1}):
         rows[threads] = {
             "pytorch": measure(torch_runner(net, threads), row, big, seconds).as_dict()
         }
-        for name, v in manifest["variants"].items():
-            if v.get("shipped"):
-                s = cpu_session(run / "package" / v["file"], threads)
-                rows[threads][name] = measure(ort_runner(s), row, big, seconds).as_dict()
+        for name in manifest.shipped:
+            s = cpu_session(run / "package" / manifest.variants[name].file, threads)
+            rows[threads][name] = measure(ort_runner(s), row, big, seconds).as_dict()
     return {"manifest": manifest, "speed": rows}
 
 
@@ -65,39 +62,39 @@ def render(results: dict, families: list) -> tuple[list[str], bool]:
     for model, dataset, bar in families:
         r = results[model]
         m = r["manifest"]
-        default = m["default_variant"]
+        default = m.default_variant
         ups, tps = [], []
         for threads, speeds in r["speed"].items():
             base = speeds["pytorch"]
             for name, s in speeds.items():
-                v = m["variants"].get(name, {})
+                v = m.variants.get(name)
                 up, tp = base["p50_ms"] / s["p50_ms"], s["throughput_rps"] / base["throughput_rps"]
                 if name == default:
                     ups.append(up)
                     tps.append(tp)
                 note = "default" if name == default else ""
-                metric = f"{v['test_metric']:.4f}" if v else f"{m['pytorch']['test_metric']:.4f}"
-                delta = f"{v['metric_delta']:+.4f}" if v else "—"
+                metric = f"{(v or m.pytorch).test_metric:.4f}"
+                delta = f"{v.metric_delta:+.4f}" if v else "—"
                 lines.append(
                     f"| {model}/{dataset} | {name} | {threads} | {s['p50_ms']:.4f} | {s['p99_ms']:.4f} "
                     f"| {s['throughput_rps']:,.0f} | {up:.2f}x | {tp:.2f}x | {metric} | {delta} | {note} |"
                 )
-        for name, v in m["variants"].items():
-            if not v.get("shipped"):
+        for name, v in m.variants.items():
+            if not v.shipped:
                 lines.append(
                     f"| {model}/{dataset} | {name} | — | — | — | — | — | — | — | — | not shipped: "
-                    f"{v.get('reason', '')} |"
+                    f"{v.reason or ''} |"
                 )
         passed = (
             min(ups) >= bar
             and min(tps) >= THROUGHPUT_BAR
-            and -m["variants"][default]["metric_delta"] <= 0.003
+            and -m.variants[default].metric_delta <= 0.003
         )
         ok &= passed
         summary.append(
             f"| {model}/{dataset} | {default} | {' / '.join(f'{u:.2f}x' for u in ups)} "
             f"| {' / '.join(f'{t:.2f}x' for t in tps)} | p50 ≥ {bar}x, rows/s ≥ {THROUGHPUT_BAR}x "
-            f"| {m['variants'][default]['metric_delta']:+.4f} | {'pass' if passed else 'FAIL'} |"
+            f"| {m.variants[default].metric_delta:+.4f} | {'pass' if passed else 'FAIL'} |"
         )
         summary.append("")
     return [*[s for s in summary if s], "", "All measurements:", "", *lines], ok

@@ -56,12 +56,9 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
     )
     m = export_run(opts)
-    shipped = [v for v, e in m["variants"].items() if e.get("shipped")]
-    where = (
-        f"{m['model']}:{m['version']}" if m["version"] else (args.out or f"{args.run_dir}/package")
-    )
-    print(f"exported {where}: shipped {', '.join(shipped)}; default {m['default_variant']}")
-    print(f"  {m['default_reason']}")
+    where = f"{m.model}:{m.version}" if m.version else (args.out or f"{args.run_dir}/package")
+    print(f"exported {where}: shipped {', '.join(m.shipped)}; default {m.default_variant}")
+    print(f"  {m.default_reason}")
     return 0
 
 

@@ -21,8 +21,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from nnship.export.onnx_export import check_model, read_metadata, set_metadata
-from nnship.export.runtime import CPU, session_options
 from nnship.io import atomic_write
+from nnship.onnxrt import CPU, session_options
 
 log = logging.getLogger(__name__)
 

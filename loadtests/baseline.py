@@ -20,24 +20,24 @@ from starlette.routing import Route
 def naive_app(model: str, threads: int) -> Starlette:
     import onnxruntime as ort
 
-    from nnship.export.runtime import CPU, session_options
-    from nnship.export.store import load_package
+    from nnship.numeric import softmax
+    from nnship.onnxrt import CPU, session_options
+    from nnship.package import load_package
 
     pkg = load_package(model)
     # the session settings the service uses: same threads, no spinning
     session = ort.InferenceSession(
-        str(pkg.variant_path(pkg.manifest["default_variant"])),
+        str(pkg.variant_path(pkg.manifest.default_variant)),
         session_options(threads, spin=False),
         providers=[CPU],
     )
-    labels = pkg.manifest["output"]["labels"]
+    labels = pkg.manifest.output.labels
 
     async def predict(request: Request) -> JSONResponse:
         body = json.loads(await request.body())
         x = np.asarray(body["inputs"], dtype=np.float32)
         out = session.run(None, {"input": x})[0]
-        p = np.exp(out - out.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
+        p = softmax(out)
         return JSONResponse(
             {"predictions": [labels[i] for i in p.argmax(1)], "probabilities": p.tolist()}
         )

@@ -198,7 +198,7 @@ def _tiny_model(home: Path) -> str:
     options = ExportOptions(
         str(home / "runs" / "iris"), name="iris-fuzz", variants=("fp32",), bench_seconds=0.02
     )
-    return f"iris-fuzz:{export_run(options)['version']}"
+    return f"iris-fuzz:{export_run(options).version}"
 
 
 @contextlib.contextmanager

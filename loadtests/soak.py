@@ -87,7 +87,7 @@ def prepare_model(work: Path) -> str:
     run = work / "runs" / "iris-soak"
     train(TrainConfig(model="mlp", dataset="iris", epochs=5, out=str(run)))
     opts = ExportOptions(str(run), name="iris-soak", variants=("fp32",), bench_seconds=0.05)
-    return f"iris-soak:{export_run(opts)['version']}"
+    return f"iris-soak:{export_run(opts).version}"
 
 
 @contextlib.contextmanager

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from nnship.contracts import Manifest
 from nnship.errors import NnshipError
-from nnship.export.store import load_package, takes_sequences
+from nnship.package import load_package
 from nnship.service.settings import (
     SERVE_TOKEN_ENV,
     SERVE_TOKEN_HEADER,
@@ -237,13 +238,13 @@ class Supervisor:
             self.proc.wait()
 
 
-def example_curl(url: str, manifest: dict, settings: Settings) -> str:
+def example_curl(url: str, manifest: Manifest, settings: Settings) -> str:
     """A curl line with one typical row: each feature's training-split median."""
     import numpy as np
 
-    shape = manifest["input"]["shape"]
-    row = np.array([s["quantiles"]["q50"] for s in manifest["input"]["stats"]])
-    if takes_sequences(manifest):  # stats are per feature: repeat them over the time steps
+    shape = manifest.input.shape
+    row = np.array([s.quantiles.q50 for s in manifest.input.stats])
+    if manifest.takes_sequences:  # stats are per feature: repeat them over the time steps
         row = np.tile(row, (shape[0], 1))
     example = np.round(row.reshape(shape), 3).tolist()
     key = f' -H "Authorization: Bearer ${settings.api_key_env}"' if settings.api_key() else ""

@@ -18,7 +18,7 @@ from typing import Any
 import bentoml
 
 from nnship.errors import NnshipError
-from nnship.export.store import load_package
+from nnship.package import load_package
 from nnship.service import connections
 from nnship.service.settings import SERVE_TOKEN_HEADER, Settings, api_key_env_named
 

@@ -102,14 +102,14 @@ async def model_metadata(request: Request) -> Response:
                 {
                     "name": "input",
                     "datatype": "FP32",
-                    "shape": _tensor_shape(m["input"]["shape"], svc.validator.sequence),
+                    "shape": _tensor_shape(m.input.shape, svc.validator.sequence),
                 }
             ],
             "outputs": outputs,
             "parameters": {
                 "variant": svc.runtime.variant,
                 "provider": svc.runtime.provider,
-                "task": m["task"],
+                "task": m.task,
                 "labels": svc.labels,
             },
         }

@@ -6,33 +6,24 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from nnship.contracts import Manifest
 from nnship.errors import NnshipError
-from nnship.export.runtime import CPU, batch_coupled_ops, session_options
-from nnship.export.store import Package, graph_mismatch, load_package, one_line
+from nnship.onnxrt import (
+    CPU,
+    GPU_PROVIDERS,
+    batch_coupled_ops,
+    nvidia_device_present,
+    session_options,
+    wanted_providers,
+)
+from nnship.package import Package, graph_mismatch, load_package, one_line
 from nnship.service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-
-
-def nvidia_device_present() -> bool:
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def wanted_providers(settings: Settings, available: list[str]) -> list[str]:
-    """TensorRT (opt-in) -> CUDA -> CPU, keeping only what this onnxruntime build offers and only
-    trying GPU providers where an NVIDIA device exists."""
-    gpu = nvidia_device_present() or settings.require_gpu
-    order = ([TENSORRT] if settings.tensorrt and gpu else []) + ([CUDA] if gpu else []) + [CPU]
-    return [p for p in order if p in available or p == CPU]
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -60,12 +51,12 @@ class Runtime:
         return not self.coupled_ops
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return self.package.manifest
 
     @property
     def on_gpu(self) -> bool:
-        return self.provider in (CUDA, TENSORRT)
+        return self.provider in GPU_PROVIDERS
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """(N, *input_shape) float32 -> (N, outputs) float32."""
@@ -80,7 +71,7 @@ class Runtime:
         return binding.copy_outputs_to_cpu()[0]
 
     def warm_up(self, max_batch: int) -> list[int]:
-        shape = self.manifest["input"]["shape"]
+        shape = self.manifest.input.shape
         sizes = bucket_sizes(max_batch)
         for n in sizes:
             self.run(np.zeros((n, *shape), dtype=np.float32))
@@ -94,10 +85,10 @@ def _session(
     the graph's batch-coupling operators."""
     path = package.variant_path(variant)
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != package.manifest["variants"][variant]["sha256"]:
+    if hashlib.sha256(data).hexdigest() != package.manifest.variants[variant].sha256:
         raise NnshipError(f"{path}: sha256 mismatch; the file was modified or truncated")
     opts = session_options(settings.intra_op_threads, spin=False)
-    provider_options = [{"device_id": 0} if p in (CUDA, TENSORRT) else {} for p in providers]
+    provider_options = [{"device_id": 0} if p in GPU_PROVIDERS else {} for p in providers]
     try:
         session = ort.InferenceSession(
             data, opts, providers=providers, provider_options=provider_options
@@ -117,17 +108,13 @@ def _session(
 def load_runtime(settings: Settings) -> Runtime:
     """Verify the package, pick the variant and provider, and prove which provider really runs."""
     available = ort.get_available_providers()
-    wanted = wanted_providers(settings, available)
+    gpu_present = nvidia_device_present() or settings.require_gpu
+    wanted = wanted_providers(available, gpu_present, settings.tensorrt)
     # the package's manifest now; each variant's bytes are hashed as _session loads them
     package = load_package(settings.model, variants=[])
     manifest = package.manifest
     gpu_capable = wanted[0] != CPU
-    if settings.variant != "auto":
-        variant = settings.variant
-    else:
-        variant = (
-            manifest.get("gpu_variant", "fp32") if gpu_capable else manifest["default_variant"]
-        )
+    variant = package.choose_variant(settings.variant, gpu_capable)
     session, coupled = _session(package, variant, settings, wanted)
     active = session.get_providers()[0]
     if gpu_capable and active == CPU:
@@ -136,10 +123,10 @@ def load_runtime(settings: Settings) -> Runtime:
             "%s is installed but not active (CUDA/cuDNN libraries missing?); running on CPU",
             wanted[0],
         )
-        if settings.variant == "auto" and variant != manifest["default_variant"]:
-            variant = manifest["default_variant"]
+        if settings.variant == "auto" and variant != manifest.default_variant:
+            variant = manifest.default_variant
             session, coupled = _session(package, variant, settings, [CPU])
-    if settings.require_gpu and active not in (CUDA, TENSORRT):
+    if settings.require_gpu and active not in GPU_PROVIDERS:
         why = (
             "no NVIDIA device is visible"
             if not nvidia_device_present()
@@ -152,7 +139,7 @@ def load_runtime(settings: Settings) -> Runtime:
         session.get_providers()[0],
         session,
         settings.intra_op_threads,
-        manifest["variants"][variant]["sha256"],
+        manifest.variants[variant].sha256 or "",
         coupled,
     )
     log.info(

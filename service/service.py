@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import re
@@ -18,7 +17,9 @@ import numpy as np
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from nnship.contracts import MANIFEST, read_manifest
 from nnship.errors import NnshipError
+from nnship.numeric import softmax
 from nnship.service import (
     concurrency,
     connections,
@@ -53,8 +54,8 @@ def _model_name(ref: str) -> str:
     """The served model's name, for the closed set of metric path labels."""
     if Path(ref).is_dir():
         try:
-            return json.loads((Path(ref) / "manifest.json").read_text())["model"]
-        except (OSError, ValueError, KeyError):
+            return read_manifest(Path(ref) / MANIFEST).model
+        except NnshipError:
             return Path(ref).name
     return ref.split(":")[0]
 
@@ -122,9 +123,9 @@ class NnshipService:
         """Load and check the model, set up batching and metrics, warm up, then publish."""
         self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
         m = self.runtime.manifest
-        self.model, self.version = m["model"], m["version"] or "local"
-        self.labels = m["output"]["labels"]
-        self.classification = m["task"] == "classification"
+        self.model, self.version = m.model, m.version or "local"
+        self.labels = m.output.labels
+        self.classification = m.classification
         self.validator = Validator(
             m, SETTINGS.max_rows, SETTINGS.max_seq_len, SETTINGS.strict_range, SETTINGS.range_margin
         )
@@ -223,9 +224,7 @@ class NnshipService:
             "variant": self.runtime.variant,
         }
         if self.classification:
-            z = out - out.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
+            p = softmax(out)
             idx = p.argmax(axis=1).tolist()
             for i in idx:
                 self._predicted[i].inc()

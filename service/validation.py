@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
-from nnship.export.store import takes_sequences
+from nnship.contracts import Manifest
 
 F32_MAX = float(np.finfo(np.float32).max)
 # a request's bytes per value (a 39-digit integer, or a float64 repr, with separator and the
@@ -96,24 +96,23 @@ class Validator:
 
     def __init__(
         self,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         max_rows: int,
         max_seq_len: int = 0,
         strict_range: bool = False,
         range_margin: float = 0.1,
     ):
-        spec = manifest["input"]
-        self.shape = tuple(spec["shape"])
-        self.sequence = takes_sequences(manifest)
+        spec = manifest.input
+        self.shape = tuple(spec.shape)
+        self.sequence = manifest.takes_sequences
         self.max_rows = max_rows
         self.max_seq = max_seq_len or 4 * self.shape[0] if self.sequence else 0
         self.strict_range = strict_range
-        classification = manifest.get("task") == "classification"
+        classification = manifest.classification
         self.outputs = ("output", "probabilities") if classification else ("output",)
-        self.feature_names = spec["feature_names"]
-        stats = spec["stats"]
-        lo = np.array([s["min"] for s in stats])
-        hi = np.array([s["max"] for s in stats])
+        self.feature_names = spec.feature_names
+        lo = np.array([s.min for s in spec.stats])
+        hi = np.array([s.max for s in spec.stats])
         pad = range_margin * np.maximum(hi - lo, 1e-12)
         self.low, self.high = lo - pad, hi + pad
         inner: Any = Number

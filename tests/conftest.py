@@ -46,15 +46,18 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def iris_package(tiny_run):
     """The tiny iris run exported into the test model store as iris-served (fp32 and int8-dynamic)."""
+    from nnship.contracts import as_json
     from nnship.export.package import ExportOptions, export_run
 
-    return export_run(
-        ExportOptions(
-            str(tiny_run),
-            name="iris-served",
-            variants=("fp32", "int8-dynamic"),
-            bench_seconds=0.02,
-            max_batch=64,
-            threads=1,
+    return as_json(
+        export_run(
+            ExportOptions(
+                str(tiny_run),
+                name="iris-served",
+                variants=("fp32", "int8-dynamic"),
+                bench_seconds=0.02,
+                max_batch=64,
+                threads=1,
+            )
         )
     )

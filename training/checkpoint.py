@@ -11,15 +11,23 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from nnship.contracts import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    parse,
+    read_checkpoint,
+    write_record,
+)
 from nnship.errors import NnshipError
-from nnship.io import atomic_write, atomic_write_json, read_record, sha256_file, verify_file
+from nnship.io import atomic_write, atomic_write_json, sha256_file, verify_file
 from nnship.models import Network, build_model
 
 log = logging.getLogger(__name__)
 
-FORMAT = "nnship.checkpoint/1"
+FORMAT = CHECKPOINT_FORMAT
 WEIGHTS = "checkpoint.safetensors"
-META = "checkpoint.json"
+META = CHECKPOINT
 STATE = "training_state.safetensors"
 STATE_META = "training_state.json"
 
@@ -46,8 +54,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     return sha256_file(path)
 
 
-def save_checkpoint(run_dir: Path, model: Network, meta: dict[str, Any]) -> None:
-    """checkpoint.safetensors (state dict) and checkpoint.json (meta + architecture + sha256)."""
+def save_checkpoint(run_dir: Path, model: Network, meta: dict[str, Any]) -> Checkpoint:
+    """checkpoint.safetensors (state dict) and checkpoint.json (meta + architecture + sha256),
+    the record checked against its contract before it is written."""
     digest = save_tensors(run_dir / WEIGHTS, model.state_dict())
     record = {
         "format": FORMAT,
@@ -55,20 +64,17 @@ def save_checkpoint(run_dir: Path, model: Network, meta: dict[str, Any]) -> None
         **meta,
         "weights": {"file": WEIGHTS, "sha256": digest},
     }
-    atomic_write_json(run_dir / META, record)
+    checkpoint = parse(Checkpoint, record, run_dir / META, "nnship run")
+    write_record(run_dir / META, checkpoint)
+    return checkpoint
 
 
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
+def read_meta(run_dir: str | Path) -> Checkpoint:
     """checkpoint.json of a run directory, with a clear error for each way it can be wrong."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NnshipError(f"run directory {run_dir} does not exist")
-    path = run_dir / META
-    meta = read_record(path, FORMAT, "not a complete nnship run directory")
-    for key in ("architecture", "weights", "input", "output"):
-        if key not in meta:
-            raise NnshipError(f"{path}: missing field {key!r}")
-    return meta
+    return read_checkpoint(run_dir / META)
 
 
 def load_weights_into(model: torch.nn.Module, path: Path, sha256: str, what: str) -> None:
@@ -81,25 +87,18 @@ def load_weights_into(model: torch.nn.Module, path: Path, sha256: str, what: str
         raise NnshipError(f"{path}: weights do not fit the {what} architecture ({first})") from e
 
 
-def load_checkpoint(run_dir: str | Path) -> tuple[Network, dict[str, Any]]:
+def load_checkpoint(run_dir: str | Path) -> tuple[Network, Checkpoint]:
     """Rebuild the network from checkpoint.json and load its verified weights; model in eval mode."""
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    arch = meta["architecture"]
+    arch = meta.architecture
     try:
         model = build_model(
-            arch["name"],
-            arch["config"],
-            arch["input_shape"],
-            arch["num_outputs"],
-            arch["task"],
-            arch["preprocess"],
+            arch.name, arch.config, arch.input_shape, arch.num_outputs, arch.task, arch.preprocess
         )
     except (ValueError, KeyError, TypeError) as e:
         raise NnshipError(f"{run_dir / META}: invalid architecture: {e}") from e
-    load_weights_into(
-        model, run_dir / meta["weights"]["file"], meta["weights"]["sha256"], arch["name"]
-    )
+    load_weights_into(model, run_dir / meta.weights.file, meta.weights.sha256, arch.name)
     return model.eval(), meta
 
 

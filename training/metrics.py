@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnship.numeric import softmax
+
 
 def evaluate_arrays(task: str, outputs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Classification: accuracy, macro F1, log loss; regression: R², MAE, RMSE (outputs (N, 1))."""
@@ -11,8 +13,7 @@ def evaluate_arrays(task: str, outputs: np.ndarray, y: np.ndarray) -> dict[str, 
 
     if task == "classification":
         pred = outputs.argmax(1)
-        z = outputs - outputs.max(1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        logp = softmax(outputs, log=True)
         return {
             "accuracy": float(m.accuracy_score(y, pred)),
             "f1_macro": float(m.f1_score(y, pred, average="macro")),

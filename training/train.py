@@ -27,6 +27,7 @@ from nnship.io import atomic_write_json, holds_record, staged_dir
 from nnship.models import REGISTRY, Network, build_model
 from nnship.training import checkpoint as ckpt
 from nnship.training.data import Dataset, Splits, input_stats, load_dataset, split
+from nnship.training.heldout import save_heldout
 from nnship.training.metrics import evaluate_arrays
 from nnship.training.progress import epoch_progress
 
@@ -566,6 +567,7 @@ def _write_run(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with staged_dir(out, replaceable=_is_run) as tmp:
+        meta["heldout"] = save_heldout(tmp, sp.x_train, sp.x_test, sp.y_test)
         ckpt.save_checkpoint(tmp, model, meta)
         trainer._save_snapshot(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)

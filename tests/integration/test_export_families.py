@@ -7,8 +7,8 @@ import torch
 
 from nnship.export.onnx_export import export_onnx, read_metadata
 from nnship.export.parity import check_parity, edge_batches
-from nnship.export.runtime import cpu_session
 from nnship.models import ACTIVATIONS, build_model
+from nnship.onnxrt import cpu_session
 
 SHAPES = {"mlp": (10,), "cnn": (1, 8, 8), "rnn": (6, 4), "lstm": (6, 4), "gru": (6, 4)}
 SMALL = {

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from nnship.cli import main
+from nnship.contracts import as_json
 from nnship.errors import NnshipError
 from nnship.export.package import ExportOptions, export_run
-from nnship.export.runtime import cpu_session
-from nnship.export.store import load_package
 from nnship.io import sha256_file
+from nnship.onnxrt import cpu_session
+from nnship.package import load_package
 from nnship.training.data import load_dataset, split
 
 FAST = dict(bench_seconds=0.02, max_batch=200, threads=1)
@@ -22,7 +23,9 @@ FAST = dict(bench_seconds=0.02, max_batch=200, threads=1)
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("pkg") / "iris-pkg"
-    manifest = export_run(ExportOptions(str(tiny_run), name="iris-tiny", out=str(out), **FAST))
+    manifest = as_json(
+        export_run(ExportOptions(str(tiny_run), name="iris-tiny", out=str(out), **FAST))
+    )
     return out, manifest
 
 
@@ -72,12 +75,12 @@ def test_store_round_trip_and_latest(exported, tiny_run, tmp_path):
     )
     assert stored.info.metadata["metric"] == "test_accuracy"
     pkg = load_package("iris-tiny:latest")
-    assert pkg.manifest["version"] == m["version"]
+    assert pkg.manifest.version == m["version"]
     m2 = export_run(
         ExportOptions(str(tiny_run), name="iris-tiny", out=str(tmp_path / "again"), **FAST)
     )
-    assert m2["version"] != m["version"]
-    assert load_package("iris-tiny:latest").manifest["version"] == m2["version"]
+    assert m2.version != m["version"]
+    assert load_package("iris-tiny:latest").manifest.version == m2.version
     assert len(bentoml.models.list("iris-tiny")) >= 2
 
 

@@ -152,6 +152,6 @@ def test_artifacts_have_the_umask_modes(tmp_path, umask, file, folder):
         m = export_run(ExportOptions(str(run), name=f"perm-{umask:o}", **FAST))
     finally:
         os.umask(old)
-    entry = Path(bentoml.models.get(f"perm-{umask:o}:{m['version']}").path)
+    entry = Path(bentoml.models.get(f"perm-{umask:o}:{m.version}").path)
     for root in (run, run / "package", entry):
         assert _modes(root) == _expected(root, file, folder), root

@@ -334,7 +334,7 @@ def test_no_key_configured_warns_once(iris_package, tmp_path):
 @pytest.fixture
 def tampered(iris_package, tmp_path) -> Path:
     """A copy of the iris package whose fp32 file was changed after export."""
-    from nnship.export.store import load_package
+    from nnship.package import load_package
 
     package = tmp_path / "pkg"
     shutil.copytree(load_package(f"iris-served:{iris_package['version']}").path, package)

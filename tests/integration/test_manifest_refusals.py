@@ -19,7 +19,8 @@ import nnship.service.cli
 from nnship.cli import main
 from nnship.errors import NnshipError
 from nnship.export.package import ExportOptions, export_run
-from nnship.export.store import graph_mismatch, load_package
+from nnship.package import graph_mismatch, load_package
+from tests.manifests import manifest
 from tests.server import free_port
 
 
@@ -53,42 +54,67 @@ def _set(*keys, value):
 
 CASES = {
     **{
-        f"missing {k}": (_drop(k), f"{k} is missing")
+        f"missing {k}": (_drop(k), f"{k}: missing")
         for k in ("model", "version", "task", "input", "output", "variants", "default_variant")
     },
     **{
-        f"missing input.{k}": (_drop("input", k), f"input.{k} is missing")
+        f"missing input.{k}": (_drop("input", k), f"input.{k}: missing")
         for k in ("shape", "feature_names", "stats")
     },
-    "missing output.labels": (_drop("output", "labels"), "output.labels is missing"),
-    "missing stats min": (_drop("input", "stats", 0, "min"), "input.stats[0].min is missing"),
+    "missing output.labels": (_drop("output", "labels"), "output.labels: missing"),
+    "missing stats min": (_drop("input", "stats", 0, "min"), "input.stats[0].min: missing"),
     **{
-        f"missing variant {k}": (_drop("variants", "fp32", k), f"variants.fp32.{k} is missing")
+        f"missing variant {k}": (_drop("variants", "fp32", k), f"variants.fp32.{k}: missing")
         for k in ("file", "sha256", "shipped")
     },
-    "model not str": (_set("model", value=7), "model must be str, not int"),
-    "variants a list": (_set("variants", value=["fp32"]), "variants must be dict, not list"),
-    "input a list": (_set("input", value=[4]), "input must be dict, not list"),
-    "shape a str": (_set("input", "shape", value="4"), "input.shape must be list"),
-    "shape negative": (_set("input", "shape", value=[-4]), "positive integers"),
-    "stats short": (_set("input", "stats", value=[]), "input.stats has 0 entries for 4"),
-    "min a str": (_set("input", "stats", 0, "min", value="0"), "input.stats[0].min must be"),
-    "labels a str": (_set("output", "labels", value="abc"), "output.labels must be list"),
-    "shipped a str": (_set("variants", "fp32", "shipped", value="yes"), "shipped must be bool"),
-    "sha256 short": (_set("variants", "fp32", "sha256", value="abc"), "not a hex sha256"),
-    "unknown task": (_set("task", value="ranking"), "task must be one of"),
-    "default unknown": (_set("default_variant", value="nope"), "'nope' is not a shipped variant"),
-    "variant not a dict": (_set("variants", "fp32", value="fp32.onnx"), "must be an object"),
+    "model not str": (_set("model", value=7), "model: Input should be a valid string"),
+    "variants a list": (_set("variants", value=["fp32"]), "variants: Input should be a valid dict"),
+    "input a list": (_set("input", value=[4]), "input: Input should be a valid dict"),
+    "shape a str": (_set("input", "shape", value="4"), "input.shape: Input should be a valid list"),
+    "shape negative": (
+        _set("input", "shape", value=[-4]),
+        "input.shape[0]: Input should be greater",
+    ),
+    "stats short": (_set("input", "stats", value=[]), "input.stats: 0 entries for 4 features"),
+    "min a str": (_set("input", "stats", 0, "min", value="0"), "input.stats[0].min: Input should"),
+    "min a bool": (
+        _set("input", "stats", 0, "min", value=False),
+        "input.stats[0].min: Input should",
+    ),
+    "labels a str": (
+        _set("output", "labels", value="abc"),
+        "output.labels: Input should be a valid list",
+    ),
+    "shipped a str": (
+        _set("variants", "fp32", "shipped", value="yes"),
+        "variants.fp32.shipped: Input should be a valid boolean",
+    ),
+    "sha256 short": (
+        _set("variants", "fp32", "sha256", value="abc"),
+        "variants.fp32.sha256: String should match",
+    ),
+    "unknown task": (
+        _set("task", value="ranking"),
+        "task: Input should be 'classification' or 'regression'",
+    ),
+    "default unknown": (
+        _set("default_variant", value="nope"),
+        "default_variant: 'nope' is not a shipped variant",
+    ),
+    "variant not a dict": (
+        _set("variants", "fp32", value="fp32.onnx"),
+        "variants.fp32: Input should be a valid dict",
+    ),
     **{
         f"file {name!r}": (
             _set("variants", "fp32", "file", value=name),
-            f"variants.fp32.file {name!r} is not a plain file name",
+            f"variants.fp32.file: {name!r} is not a plain file name",
         )
         for name in ("..", ".", "", "a/b", "/etc/passwd", "../fp32.onnx", "a\\b")
     },
     "newline in a key": (
         _set("variants", "x\ny", value={"file": "x", "shipped": 1}),
-        "variants.x\\ny.shipped must be bool",
+        "variants.x\\ny.shipped: Input should be a valid boolean",
     ),
 }
 
@@ -136,11 +162,11 @@ def test_serve_command_no_traceback(corrupt):
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "variants.fp32.file '..' is not a plain file name" in proc.stderr
+    assert "variants.fp32.file: '..' is not a plain file name" in proc.stderr
 
 
 def test_the_exported_manifest_passes(package):
-    assert load_package(package).manifest["variants"]["fp32"]["shipped"]
+    assert load_package(package).manifest.variants["fp32"].shipped
 
 
 # -- the manifest against the ONNX graph, start-up failures, the store, v2 errors ---------------
@@ -269,18 +295,15 @@ def test_unreadable_store_entry_is_refused_once(store_copy, damage, command):
 
 def test_graph_mismatch_allows_the_exports_dynamic_axes():
     """Dynamic graph axes fit any manifest value; fixed ones must match."""
-    seq = {
-        "task": "classification",
-        "input": {"shape": [30, 4]},
-        "output": {"labels": ["a", "b", "c"]},
-    }
+    seq = manifest("gru", [30, 4])
+    seq.output.labels = ["a", "b", "c"]
     outputs = {"output": ["batch", 3]}
     assert graph_mismatch(seq, {"input": ["batch", "sequence", 4]}, outputs) is None
     assert "input.shape [30, 4]" in graph_mismatch(
         seq, {"input": ["batch", "sequence", 5]}, outputs
     )
     assert "input.shape" in graph_mismatch(seq, {"input": ["batch", 4]}, outputs)
-    reg = {"task": "regression", "input": {"shape": [4]}, "output": {"labels": []}}
+    reg = manifest("mlp", [4], "regression")
     assert graph_mismatch(reg, {"input": ["batch", 4]}, {"output": [None, 1]}) is None
     assert "a regression" in graph_mismatch(reg, {"input": ["batch", 4]}, {"output": ["b", 3]})
     assert "not input/output" in graph_mismatch(reg, {"x": ["batch", 4]}, {"output": ["b", 1]})

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nnship.export.runtime import cpu_session
-from nnship.export.store import load_package
+from nnship.onnxrt import cpu_session
+from nnship.package import load_package
 from nnship.training.data import load_dataset, split
 from tests.server import iris_env, running_server
 

@@ -180,7 +180,7 @@ def _serve(args, env=None):
 
 
 def test_tampered_model_refused_at_start(iris_package, tmp_path):
-    from nnship.export.store import load_package
+    from nnship.package import load_package
 
     src = load_package(f"iris-served:{iris_package['version']}").path
     pkg = tmp_path / "pkg"

@@ -42,7 +42,7 @@ def test_regression_run(tmp_path):
     assert m["test_mae"] > 0
     assert (tmp_path / "r" / "predictions.png").is_file()
     model, meta = load_checkpoint(tmp_path / "r")
-    assert meta["output"]["task"] == "regression" and meta["output"]["labels"] == []
+    assert meta.output.task == "regression" and meta.output.labels == []
     assert float(model.target_std) > 10  # outputs come back in the target's units
 
 

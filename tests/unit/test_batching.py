@@ -100,7 +100,7 @@ def test_the_consumer_outlives_a_model_that_returns_garbage():
 def test_batch_coupling_found_inside_subgraphs():
     from onnx import TensorProto, helper
 
-    from nnship.export.runtime import batch_coupled_ops
+    from nnship.onnxrt import batch_coupled_ops
 
     def branch(name):
         return helper.make_graph(

@@ -21,7 +21,7 @@ def test_round_trip_reproduces_predictions_bit_exactly(tiny_run):
     saved = load_file(str(tiny_run / "checkpoint.safetensors"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
-    assert meta["architecture"]["name"] == "mlp"
+    assert meta.architecture.name == "mlp"
 
 
 def test_checkpoint_json_contract(tiny_run):

@@ -4,17 +4,11 @@ from types import SimpleNamespace
 
 from nnship.service.openapi import document
 from nnship.service.validation import Validator
+from tests import manifests
 
 
 def manifest(family, shape, task="classification"):
-    stats = [{"name": f"f{i}", "min": 0.0, "max": 1.0} for i in range(shape[-1])]
-    axes = ["batch", "sequence"] if family == "gru" else ["batch"]
-    return {
-        "family": family,
-        "task": task,
-        "exporter": {"dynamic_axes": axes},
-        "input": {"shape": shape, "feature_names": [s["name"] for s in stats], "stats": stats},
-    }
+    return manifests.manifest(family, shape, task, high=1.0)
 
 
 def served(family, shape, task="classification", max_rows=8):

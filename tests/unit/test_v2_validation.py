@@ -6,16 +6,11 @@ import time
 import pytest
 
 from nnship.service.validation import RequestError, Validator
+from tests import manifests
 
 
 def manifest(task="classification"):
-    stats = [{"name": f"f{i}", "min": 0.0, "max": 10.0} for i in range(4)]
-    return {
-        "family": "mlp",
-        "task": task,
-        "exporter": {"dynamic_axes": ["batch"]},
-        "input": {"shape": [4], "feature_names": [s["name"] for s in stats], "stats": stats},
-    }
+    return manifests.manifest("mlp", [4], task)
 
 
 V = Validator(manifest(), max_rows=64)

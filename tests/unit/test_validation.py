@@ -8,16 +8,11 @@ import pytest
 from nnship.service.security import TokenBuckets
 from nnship.service.settings import Settings
 from nnship.service.validation import RequestError, Validator
+from tests import manifests
 
 
 def manifest(family, shape, feats):
-    stats = [{"name": f"f{i}", "min": 0.0, "max": 10.0} for i in range(feats)]
-    axes = ["batch", "sequence"] if family in ("rnn", "lstm", "gru") else ["batch"]
-    return {
-        "family": family,
-        "exporter": {"dynamic_axes": axes},
-        "input": {"shape": shape, "feature_names": [s["name"] for s in stats], "stats": stats},
-    }
+    return manifests.manifest(family, shape, task="regression", feats=feats)
 
 
 SEQ = Validator(manifest("gru", [8, 3], 3), max_rows=4)

@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions with explicit providers and thread counts (shared with the service)."""
+"""ONNX Runtime sessions with explicit providers and thread counts, shared by export, the service
+and batch jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA, TENSORRT)
 
 
 def session_options(threads: int, level: str = "all", spin: bool = True) -> ort.SessionOptions:
@@ -28,6 +32,18 @@ def session_options(threads: int, level: str = "all", spin: bool = True) -> ort.
     return so
 
 
+def nvidia_device_present() -> bool:
+    """Whether the kernel shows an NVIDIA device (GPU providers are tried only then)."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def wanted_providers(available: list[str], gpu: bool, tensorrt: bool = False) -> list[str]:
+    """TensorRT (opt-in) -> CUDA -> CPU, keeping only what this onnxruntime build offers and
+    trying GPU providers only when `gpu` says a device is there."""
+    order = ([TENSORRT] if tensorrt and gpu else []) + ([CUDA] if gpu else []) + [CPU]
+    return [p for p in order if p in available or p == CPU]
+
+
 def batch_coupled_ops(model: bytes) -> list[str]:
     """Operators in a serialized ONNX model that make a row's output depend on the other rows of
     its batch: dynamic quantization derives one scale and zero point from the whole input tensor
@@ -46,5 +62,6 @@ def batch_coupled_ops(model: bytes) -> list[str]:
 
 
 def cpu_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A session on the CPU provider with `threads` intra-op threads (default: all cores)."""
     threads = threads or os.cpu_count() or 1
     return ort.InferenceSession(str(path), session_options(threads), providers=[CPU])
