@@ -48,7 +48,7 @@ REASONS = (
 class RequestError(Exception):
     """A rejected request: HTTP status, closed-set reason, the field path and the rule broken."""
 
-    def __init__(self, status: int, reason: str, loc: list[Any], rule: str, message: str):
+    def __init__(self, *, status: int, reason: str, loc: list[Any], rule: str, message: str):
         assert reason in REASONS, reason
         message = printable(message)
         loc = [printable(p) if isinstance(p, str) else p for p in loc]  # keys come from the client
@@ -87,7 +87,11 @@ def parse_json(raw: bytes, **options: Any) -> Any:
         return json.loads(raw.decode("utf-8"), **options)
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over-long ints, deep nesting
         raise RequestError(
-            400, "malformed", [], "json", f"the body is not valid UTF-8 JSON: {e}"
+            status=400,
+            reason="malformed",
+            loc=[],
+            rule="json",
+            message=f"the body is not valid UTF-8 JSON: {e}",
         ) from None
 
 
@@ -132,11 +136,11 @@ class Validator:
         """A request body as JSON, refused unparsed when it is larger than any valid request."""
         if len(raw) > self.max_body:
             raise RequestError(
-                413,
-                "body_too_large",
-                [],
-                "model_body_limit",
-                f"a {len(raw)}-byte body is larger than any valid request for this model "
+                status=413,
+                reason="body_too_large",
+                loc=[],
+                rule="model_body_limit",
+                message=f"a {len(raw)}-byte body is larger than any valid request for this model "
                 f"(at most {self.max_body} bytes: {BYTES_PER_VALUE} per value plus "
                 f"{BODY_OVERHEAD // 1024} KiB)",
             )
@@ -180,18 +184,18 @@ class Validator:
             msg = f"expected a list at depth {depth} (inputs are [N, {', '.join(map(str, self.shape))}])"
         else:
             reason, rule, msg = "malformed", kind, err["msg"]
-        return RequestError(400, reason, [field, *loc], rule, msg)
+        return RequestError(status=400, reason=reason, loc=[field, *loc], rule=rule, message=msg)
 
     def _finish(self, x: np.ndarray, field: str) -> np.ndarray:
         big = np.abs(x) > F32_MAX
         if big.any():
             where = [int(i) for i in np.argwhere(big)[0]]
             raise RequestError(
-                400,
-                "overflow",
-                [field, *where],
-                "float32_range",
-                f"{x[tuple(where)]:.4g} overflows float32",
+                status=400,
+                reason="overflow",
+                loc=[field, *where],
+                rule="float32_range",
+                message=f"{x[tuple(where)]:.4g} overflows float32",
             )
         return x.astype(np.float32)
 
@@ -201,22 +205,28 @@ class Validator:
         body = self.parse(raw)
         if not isinstance(body, dict):
             raise RequestError(
-                400,
-                "malformed",
-                [],
-                "object_required",
-                'the request body must be a JSON object: {"inputs": [...]}',
+                status=400,
+                reason="malformed",
+                loc=[],
+                rule="object_required",
+                message='the request body must be a JSON object: {"inputs": [...]}',
             )
         if "inputs" not in body:
-            raise RequestError(400, "malformed", ["inputs"], "missing", "the field is required")
+            raise RequestError(
+                status=400,
+                reason="malformed",
+                loc=["inputs"],
+                rule="missing",
+                message="the field is required",
+            )
         extra = sorted(k for k in body if k != "inputs")
         if extra:  # a misspelt option must not be ignored silently
             raise RequestError(
-                400,
-                "malformed",
-                [extra[0]],
-                "unknown_field",
-                "unknown field; the body holds only `inputs`",
+                status=400,
+                reason="malformed",
+                loc=[extra[0]],
+                rule="unknown_field",
+                message="unknown field; the body holds only `inputs`",
             )
         return self.predict_inputs(body["inputs"])
 
@@ -230,11 +240,11 @@ class Validator:
             lengths = {len(r) for r in rows}
             if len(lengths) > 1:
                 raise RequestError(
-                    400,
-                    "sequence_length",
-                    ["inputs"],
-                    "equal_lengths",
-                    f"rows have different sequence lengths {sorted(lengths)}; one request holds "
+                    status=400,
+                    reason="sequence_length",
+                    loc=["inputs"],
+                    rule="equal_lengths",
+                    message=f"rows have different sequence lengths {sorted(lengths)}; one request holds "
                     "sequences of one length",
                 )
         return self._finish(np.asarray(rows, dtype=np.float64), "inputs")
@@ -247,16 +257,20 @@ class Validator:
         refused after work bounded by the largest valid request, not by the size of its body."""
         if not isinstance(body, dict):
             raise RequestError(
-                400, "malformed", [], "object_required", "the request body must be a JSON object"
+                status=400,
+                reason="malformed",
+                loc=[],
+                rule="object_required",
+                message="the request body must be a JSON object",
             )
         tensors = body.get("inputs")
         if not isinstance(tensors, list) or len(tensors) != 1 or not isinstance(tensors[0], dict):
             raise RequestError(
-                400,
-                "malformed",
-                ["inputs"],
-                "one_input",
-                "expected exactly one input tensor object",
+                status=400,
+                reason="malformed",
+                loc=["inputs"],
+                rule="one_input",
+                message="expected exactly one input tensor object",
             )
         t = tensors[0]
         self._check_tensor_header(t)
@@ -265,11 +279,11 @@ class Validator:
             isinstance(d, int) and not isinstance(d, bool) for d in shape
         ):
             raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "shape"],
-                "int_list",
-                "shape must be a list of integers",
+                status=400,
+                reason="malformed",
+                loc=["inputs", 0, "shape"],
+                rule="int_list",
+                message="shape must be a list of integers",
             )
         self._check_shape(tuple(shape))
         names = self._output_names(body.get("outputs"))
@@ -286,36 +300,36 @@ class Validator:
         """The input tensor's name, datatype and parameters."""
         if t.get("name") != "input":
             raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "name"],
-                "input_name",
-                f"unknown input {_short(t.get('name'))}; this model takes 'input'",
+                status=400,
+                reason="malformed",
+                loc=["inputs", 0, "name"],
+                rule="input_name",
+                message=f"unknown input {_short(t.get('name'))}; this model takes 'input'",
             )
         if t.get("datatype") != "FP32":
             raise RequestError(
-                400,
-                "type",
-                ["inputs", 0, "datatype"],
-                "datatype",
-                f"datatype {_short(t.get('datatype'))} is not accepted; send FP32",
+                status=400,
+                reason="type",
+                loc=["inputs", 0, "datatype"],
+                rule="datatype",
+                message=f"datatype {_short(t.get('datatype'))} is not accepted; send FP32",
             )
         params = t.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "parameters"],
-                "object_required",
-                "parameters must be a JSON object",
+                status=400,
+                reason="malformed",
+                loc=["inputs", 0, "parameters"],
+                rule="object_required",
+                message="parameters must be a JSON object",
             )
         if (params or {}).get("binary_data_size") is not None:
             raise RequestError(
-                400,
-                "unsupported",
-                ["inputs", 0, "parameters"],
-                "json_data_only",
-                "binary tensor data is not supported; send JSON data (binary_data=False)",
+                status=400,
+                reason="unsupported",
+                loc=["inputs", 0, "parameters"],
+                rule="json_data_only",
+                message="binary tensor data is not supported; send JSON data (binary_data=False)",
             )
 
     def _output_names(self, outputs: Any) -> list[str] | None:
@@ -327,30 +341,38 @@ class Validator:
         loc = ["outputs"]
         if not isinstance(outputs, list):
             raise RequestError(
-                400, "malformed", loc, "object_list", "outputs must be a list of objects"
+                status=400,
+                reason="malformed",
+                loc=loc,
+                rule="object_list",
+                message="outputs must be a list of objects",
             )
         names: list[str] = []
         for i, o in enumerate(outputs):
             if not isinstance(o, dict):
                 raise RequestError(
-                    400, "malformed", [*loc, i], "object_required", "an output must be an object"
+                    status=400,
+                    reason="malformed",
+                    loc=[*loc, i],
+                    rule="object_required",
+                    message="an output must be an object",
                 )
             name = o.get("name")
             if name in names:
                 raise RequestError(
-                    400,
-                    "malformed",
-                    [*loc, i, "name"],
-                    "duplicate_output",
-                    f"output {name!r} is requested more than once",
+                    status=400,
+                    reason="malformed",
+                    loc=[*loc, i, "name"],
+                    rule="duplicate_output",
+                    message=f"output {name!r} is requested more than once",
                 )
             if name not in self.outputs:
                 raise RequestError(
-                    400,
-                    "malformed",
-                    [*loc, i, "name"],
-                    "output_name",
-                    f"unknown output {_short(name)}; available: {list(self.outputs)}",
+                    status=400,
+                    reason="malformed",
+                    loc=[*loc, i, "name"],
+                    rule="output_name",
+                    message=f"unknown output {_short(name)}; available: {list(self.outputs)}",
                 )
             names.append(name)
         return names
@@ -359,36 +381,46 @@ class Validator:
         loc = ["inputs", 0, "shape"]
         if len(shape) != len(self.shape) + 1:
             raise RequestError(
-                400,
-                "shape",
-                loc,
-                "rank",
-                f"rank {len(shape)} != {len(self.shape) + 1} (expected [N, {', '.join(map(str, self.shape))}])",
+                status=400,
+                reason="shape",
+                loc=loc,
+                rule="rank",
+                message=f"rank {len(shape)} != {len(self.shape) + 1} (expected [N, {', '.join(map(str, self.shape))}])",
             )
         n, rest = shape[0], shape[1:]
         if n < 1:
-            raise RequestError(400, "empty", loc, "non_empty_batch", "the batch has no rows")
+            raise RequestError(
+                status=400,
+                reason="empty",
+                loc=loc,
+                rule="non_empty_batch",
+                message="the batch has no rows",
+            )
         if n > self.max_rows:
             raise RequestError(
-                400,
-                "too_many_rows",
-                loc,
-                "max_rows",
-                f"{n} rows exceed the limit of {self.max_rows}",
+                status=400,
+                reason="too_many_rows",
+                loc=loc,
+                rule="max_rows",
+                message=f"{n} rows exceed the limit of {self.max_rows}",
             )
         for axis, (got, want) in enumerate(zip(rest, self.shape, strict=True), start=1):
             if self.sequence and axis == 1:
                 if not 1 <= got <= self.max_seq:
                     raise RequestError(
-                        400,
-                        "sequence_length",
-                        loc,
-                        "sequence_length",
-                        f"sequence length {got} is outside [1, {self.max_seq}]",
+                        status=400,
+                        reason="sequence_length",
+                        loc=loc,
+                        rule="sequence_length",
+                        message=f"sequence length {got} is outside [1, {self.max_seq}]",
                     )
             elif got != want:
                 raise RequestError(
-                    400, "shape", loc, "shape", f"axis {axis} has length {got}, expected {want}"
+                    status=400,
+                    reason="shape",
+                    loc=loc,
+                    rule="shape",
+                    message=f"axis {axis} has length {got}, expected {want}",
                 )
 
     # -- training range ------------------------------------------------------------------------------
@@ -402,11 +434,11 @@ class Validator:
             r = int(rows[0])
             f = int(np.flatnonzero(bad[r].any(axis=0))[0])
             raise RequestError(
-                422,
-                "out_of_range",
-                ["inputs", r],
-                "training_range",
-                f"feature {self.feature_names[f]} is outside the training range "
+                status=422,
+                reason="out_of_range",
+                loc=["inputs", r],
+                rule="training_range",
+                message=f"feature {self.feature_names[f]} is outside the training range "
                 f"[{self.low[f]:.4g}, {self.high[f]:.4g}] (strict mode)",
             )
         return [int(r) for r in rows], counts
@@ -424,7 +456,13 @@ def _flatten(data: Any, expected: int, shape: list[int]) -> list[Any]:
     never by the body. Leaves are checked by the strict number type afterwards."""
     loc = ["inputs", 0, "data"]
     if not isinstance(data, list):
-        raise RequestError(400, "malformed", loc, "list_required", "data must be a list")
+        raise RequestError(
+            status=400,
+            reason="malformed",
+            loc=loc,
+            rule="list_required",
+            message="data must be a list",
+        )
     out: list[Any] = []
     lists = 1
     max_lists = sum(math.prod(shape[:k]) for k in range(len(shape)))  # data nested as the shape
@@ -445,18 +483,18 @@ def _flatten(data: Any, expected: int, shape: list[int]) -> list[Any]:
             continue
         if len(out) > expected or lists > max_lists:
             raise RequestError(
-                400,
-                "shape",
-                loc,
-                "size_matches_shape",
-                f"data does not fit shape {shape}: more than {expected} values, or nested deeper",
+                status=400,
+                reason="shape",
+                loc=loc,
+                rule="size_matches_shape",
+                message=f"data does not fit shape {shape}: more than {expected} values, or nested deeper",
             )
     if len(out) != expected:
         raise RequestError(
-            400,
-            "shape",
-            loc,
-            "size_matches_shape",
-            f"{len(out)} values do not fill shape {shape}",
+            status=400,
+            reason="shape",
+            loc=loc,
+            rule="size_matches_shape",
+            message=f"{len(out)} values do not fill shape {shape}",
         )
     return out
