@@ -8,7 +8,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,7 +89,7 @@ class NnshipService:
 
     def _start(self) -> None:
         """Load and check the model, set up batching and metrics, warm up, then publish."""
-        self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
+        self.runtime: Runtime = load_runtime(SETTINGS.replace(model=self._package_ref()))
         m = self.runtime.manifest
         self.model, self.version = m["model"], m["version"] or "local"
         self.labels = m["output"]["labels"]

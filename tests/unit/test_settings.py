@@ -4,27 +4,52 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from nnship.cli import main
 from nnship.errors import NnshipError
-from nnship.service.settings import Settings, variable
+from nnship.service.settings import (
+    TABLE_BEGIN,
+    TABLE_END,
+    Settings,
+    allowed_range,
+    markdown_table,
+    variable,
+)
 
-NUMERIC = [f for f in fields(Settings) if type(f.default) in (int, float)]
+NUMERIC = [
+    SimpleNamespace(name=name, default=info.default, range=allowed_range(info)[:2])
+    for name, info in Settings.model_fields.items()
+    if info.annotation in (int, float)
+]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_number_declares_its_range():
     assert NUMERIC
     for f in NUMERIC:
-        low, high = f.metadata["range"]
+        low, high = f.range
         assert math.isfinite(low) and math.isfinite(high) and low <= f.default <= high, f.name
+
+
+def test_readme_settings_table_is_current():
+    """Regenerate with `python -m nnship.service.settings --markdown` and paste between markers."""
+    text = README.read_text()
+    start, end = text.index(TABLE_BEGIN), text.index(TABLE_END) + len(TABLE_END)
+    assert text[start:end] == markdown_table()
+
+
+def test_every_setting_has_help_text():
+    for name, info in Settings.model_fields.items():
+        assert info.description and "\n" not in info.description, name
 
 
 def out_of_range(f) -> list[str]:
     """Values just outside the field's range, and the non-finite ones for floats."""
-    low, high = f.metadata["range"]
+    low, high = f.range
     step = 1 if type(f.default) is int else 0.001
     values = [low - step, high + step, -1, 10**12]
     if type(f.default) is float:
@@ -46,7 +71,7 @@ def test_out_of_range_refused_in_one_line(name, raw):
 
 @pytest.mark.parametrize("f", NUMERIC, ids=[f.name for f in NUMERIC])
 def test_bounds_themselves_accepted(f):
-    low, high = f.metadata["range"]
+    low, high = f.range
     for v in (low, high):
         assert getattr(Settings.from_env({variable(f.name): str(v)}), f.name) == v
 
