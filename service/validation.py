@@ -8,7 +8,16 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from nnship.export.store import takes_sequences
 
@@ -252,85 +261,29 @@ class Validator:
     def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
         """An Open Inference Protocol v2 request -> (float32 array, requested output names).
 
-        Cheap checks come first (the tensor's name, datatype, shape, the requested outputs, then the
-        element count of `data` against the shape, counted without copying), so a bad request is
-        refused after work bounded by the largest valid request, not by the size of its body."""
-        if not isinstance(body, dict):
-            raise RequestError(
-                status=400,
-                reason="malformed",
-                loc=[],
-                rule="object_required",
-                message="the request body must be a JSON object",
-            )
-        tensors = body.get("inputs")
-        if not isinstance(tensors, list) or len(tensors) != 1 or not isinstance(tensors[0], dict):
-            raise RequestError(
-                status=400,
-                reason="malformed",
-                loc=["inputs"],
-                rule="one_input",
-                message="expected exactly one input tensor object",
-            )
-        t = tensors[0]
-        self._check_tensor_header(t)
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
-        ):
-            raise RequestError(
-                status=400,
-                reason="malformed",
-                loc=["inputs", 0, "shape"],
-                rule="int_list",
-                message="shape must be a list of integers",
-            )
-        self._check_shape(tuple(shape))
-        names = self._output_names(body.get("outputs"))
-        flat = _flatten(t.get("data"), math.prod(shape), shape)
+        Cheap checks come first (the request's structure, the tensor's name, datatype and shape, the
+        requested outputs, then the element count of `data` against the shape, counted without
+        copying), so a bad request is refused after work bounded by the largest valid request, not
+        by the size of its body."""
+        request = self._v2_request(body)
+        t = request.inputs[0]
+        names = self._output_names(request.outputs)
+        flat = _flatten(t.data, math.prod(t.shape), t.shape)
         try:
             values = self.flat.validate_python(flat)
         except ValidationError as e:
             err = self._from_pydantic(e, "data")
             err.loc = ["inputs", 0, "data", *err.loc[1:]]
             raise err from None
-        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(shape), names
+        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(t.shape), names
 
-    def _check_tensor_header(self, t: dict[str, Any]) -> None:
-        """The input tensor's name, datatype and parameters."""
-        if t.get("name") != "input":
-            raise RequestError(
-                status=400,
-                reason="malformed",
-                loc=["inputs", 0, "name"],
-                rule="input_name",
-                message=f"unknown input {_short(t.get('name'))}; this model takes 'input'",
-            )
-        if t.get("datatype") != "FP32":
-            raise RequestError(
-                status=400,
-                reason="type",
-                loc=["inputs", 0, "datatype"],
-                rule="datatype",
-                message=f"datatype {_short(t.get('datatype'))} is not accepted; send FP32",
-            )
-        params = t.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise RequestError(
-                status=400,
-                reason="malformed",
-                loc=["inputs", 0, "parameters"],
-                rule="object_required",
-                message="parameters must be a JSON object",
-            )
-        if (params or {}).get("binary_data_size") is not None:
-            raise RequestError(
-                status=400,
-                reason="unsupported",
-                loc=["inputs", 0, "parameters"],
-                rule="json_data_only",
-                message="binary tensor data is not supported; send JSON data (binary_data=False)",
-            )
+    def _v2_request(self, body: Any) -> V2Request:
+        """The request's structure, its tensor's header and shape, checked by the model in that
+        order; the first problem found is the one refused."""
+        try:
+            return V2Request.model_validate(body, context={"shape": self._check_shape})
+        except ValidationError as e:
+            raise _v2_refusal(e.errors(include_url=False)[0]) from None
 
     def _output_names(self, outputs: Any) -> list[str] | None:
         """The requested outputs, each known output at most once: an answer holds at most max_rows
@@ -339,14 +292,6 @@ class Validator:
         if outputs is None:
             return None
         loc = ["outputs"]
-        if not isinstance(outputs, list):
-            raise RequestError(
-                status=400,
-                reason="malformed",
-                loc=loc,
-                rule="object_list",
-                message="outputs must be a list of objects",
-            )
         names: list[str] = []
         for i, o in enumerate(outputs):
             if not isinstance(o, dict):
@@ -442,6 +387,109 @@ class Validator:
                 f"[{self.low[f]:.4g}, {self.high[f]:.4g}] (strict mode)",
             )
         return [int(r) for r in rows], counts
+
+
+def _carried(error: RequestError) -> PydanticCustomError:
+    """A refusal raised inside the v2 model, carried out as the RequestError it stands for."""
+    return PydanticCustomError(
+        "request_error", "{message}", {"message": error.message, "error": error}
+    )
+
+
+def _tensor_refusal(reason: str, rule: str, message: str, field: str) -> PydanticCustomError:
+    """A refusal of one field of the input tensor."""
+    loc = ["inputs", 0, field]
+    return _carried(RequestError(status=400, reason=reason, loc=loc, rule=rule, message=message))
+
+
+class V2Tensor(BaseModel):
+    """The one input tensor, checked in field order (name, datatype, parameters, shape); `data` is
+    left to the bounded walk that follows."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Any = Field(None, validate_default=True)  # absent: refused as the wrong name
+    datatype: Any = Field(None, validate_default=True)
+    parameters: dict[str, Any] | None = None
+    shape: list[int]
+    data: Any = None
+
+    @field_validator("name")
+    @classmethod
+    def _input_name(cls, value: Any) -> Any:
+        """This model takes one tensor, named `input`."""
+        if value != "input":
+            message = f"unknown input {_short(value)}; this model takes 'input'"
+            raise _tensor_refusal("malformed", "input_name", message, "name")
+        return value
+
+    @field_validator("datatype")
+    @classmethod
+    def _fp32(cls, value: Any) -> Any:
+        """Values come as FP32."""
+        if value != "FP32":
+            message = f"datatype {_short(value)} is not accepted; send FP32"
+            raise _tensor_refusal("type", "datatype", message, "datatype")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _json_data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Tensor data in the JSON body only."""
+        if (value or {}).get("binary_data_size") is not None:
+            message = "binary tensor data is not supported; send JSON data (binary_data=False)"
+            raise _tensor_refusal("unsupported", "json_data_only", message, "parameters")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _model_shape(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        """Rank, rows and the other axes against the model's input shape."""
+        try:
+            info.context["shape"](tuple(value))
+        except RequestError as e:
+            raise _carried(e) from None
+        return value
+
+
+class V2Request(BaseModel):
+    """An Open Inference Protocol v2 inference request (JSON tensors)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    inputs: Annotated[list[V2Tensor], Field(min_length=1, max_length=1)]
+    outputs: list[Any] | None = None
+    id: Any = None
+
+
+ONE_INPUT = ("one_input", ["inputs"], "expected exactly one input tensor object")
+# each structural problem by the field where the model found it: (rule, loc, message)
+V2_STRUCTURE = {
+    (): ("object_required", [], "the request body must be a JSON object"),
+    ("inputs",): ONE_INPUT,
+    ("inputs", 0): ONE_INPUT,
+    ("inputs", 0, "parameters"): (
+        "object_required",
+        ["inputs", 0, "parameters"],
+        "parameters must be a JSON object",
+    ),
+    ("inputs", 0, "shape"): (
+        "int_list",
+        ["inputs", 0, "shape"],
+        "shape must be a list of integers",
+    ),
+    ("outputs",): ("object_list", ["outputs"], "outputs must be a list of objects"),
+}
+
+
+def _v2_refusal(err: Any) -> RequestError:
+    """The RequestError for the first problem the v2 model found."""
+    if err["type"] == "request_error":
+        return err["ctx"]["error"]
+    loc = tuple(err["loc"])
+    key = next(loc[:n] for n in range(len(loc), -1, -1) if loc[:n] in V2_STRUCTURE)
+    rule, where, message = V2_STRUCTURE[key]
+    return RequestError(status=400, reason="malformed", loc=where, rule=rule, message=message)
 
 
 def _short(value: Any, limit: int = 40) -> str:
