@@ -16,18 +16,18 @@ import math
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from nnship.errors import NnshipError
 from nnship.io import atomic_write
 
 PREFIX = "NNSHIP_"
-PREDICT_ROUTES = ("asgi", "bentoml")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # what an API key may hold (sent as a header value)
 # `nnship serve` passes a random token per start; its server echoes it on /readyz, so readiness is
@@ -44,6 +44,18 @@ def bounded(default: float, low: float, high: float, help: str, smallest: float 
     return Field(default, ge=low, le=high, description=help, json_schema_extra=extra)
 
 
+class MappingEnv(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self.env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        """The mapping's upper-case variables (as nnship names them), keyed as the source looks up."""
+        return {k.lower(): v for k, v in self.env.items() if k == k.upper() and v != ""}
+
+
 def variable(name: str) -> str:
     """The environment variable that sets a field."""
     return PREFIX + name.upper()
@@ -53,7 +65,9 @@ class Settings(BaseSettings):
     """Every setting of the service; built from keyword values or from the environment."""
 
     # the environment is read by from_env only: Settings(...) in code holds just what it is given
-    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_ignore_empty=True, frozen=True, extra="forbid"
+    )
 
     model: str = Field(
         "digits-cnn:latest",
@@ -180,11 +194,9 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings from NNSHIP_* variables (os.environ by default); empty ones are unset."""
-        env = os.environ if env is None else env
-        given = {name: env.get(variable(name)) for name in cls.model_fields}
-        return cls(**{k: v for k, v in given.items() if v is not None and v != ""})
+        return cls(**MappingEnv(cls, os.environ if env is None else env)())
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed, checked like the originals."""
