@@ -9,7 +9,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test lint format schemas quality export-bench serve-bench soak fuzz clean
+.PHONY: setup demo test lint settings-table format schemas quality export-bench serve-bench soak fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ test: setup  ## the whole test suite
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+settings-table: setup  ## regenerate the README's settings table from service/settings.py
+	$(BIN)/python -m nnship.service.settings --readme README.md
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -17,8 +17,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
+
+from pydantic.fields import FieldInfo
 
 from nnship.contracts import Manifest
 from nnship.errors import NnshipError
@@ -27,7 +28,12 @@ from nnship.service.settings import (
     SERVE_TOKEN_ENV,
     SERVE_TOKEN_HEADER,
     Settings,
+    allowed_range,
+    allowed_text,
     api_key_env_named,
+    choices,
+    kind_of,
+    shown_default,
     variable,
 )
 
@@ -38,59 +44,41 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_MARGIN_S = 10.0  # after the grace period: time for the workers' shutdown and the arbiter
 
 
+OWN_FLAGS = {"model"}  # settings with no derived flag: the model is the positional argument
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags override the NNSHIP_* variables only when given (defaults: README's settings table)."""
+    """One flag per setting, derived from its field; a flag overrides NNSHIP_* only when given."""
     p.add_argument(
         "model", help="MODEL[:VERSION] in the BentoML model store (or a package directory)"
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--variant", help="auto (the package's choice) or a variant name")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--threads", type=int, help="intra-op threads per worker (0: cores / workers)")
-    p.add_argument("--max-batch-size", type=int)
-    p.add_argument("--max-wait-ms", type=float)
-    p.add_argument("--max-latency-ms", type=int)
-    p.add_argument("--max-rows", type=int)
-    p.add_argument("--max-body-bytes", type=int)
-    p.add_argument(
-        "--api-key-env", help="variable holding the API key (named here, it must be set)"
-    )
-    p.add_argument(
-        "--protect-all",
-        action="store_true",
-        default=None,
-        help="require the key for health and metrics too",
-    )
-    p.add_argument("--rate-limit", type=float, help="requests/s per client (0: off)")
-    p.add_argument("--max-concurrency", type=int)
-    p.add_argument("--timeout-s", type=float)
-    p.add_argument(
-        "--grace-s",
-        type=float,
-        help="SIGTERM/SIGINT/SIGHUP/SIGQUIT: seconds to finish requests in flight",
-    )
-    p.add_argument(
-        "--strict-range",
-        action="store_true",
-        default=None,
-        help="reject inputs outside the training range",
-    )
-    p.add_argument(
-        "--require-gpu",
-        action="store_true",
-        default=None,
-        help="fail unless CUDA really runs the model",
-    )
-    p.add_argument("--tensorrt", action="store_true", default=None, help="try TensorRT before CUDA")
+    for name, info in Settings.model_fields.items():
+        if name not in OWN_FLAGS:
+            add_setting_flag(p, name, info)
+
+
+def add_setting_flag(p: argparse.ArgumentParser, name: str, info: FieldInfo) -> None:
+    """`--NAME-WITH-DASHES` typed, described and constrained as the setting's field."""
+    flag = "--" + name.replace("_", "-")
+    help_text = f"{info.description} ({variable(name)}; default {shown_default(info)}"
+    kind = kind_of(info)
+    if allowed_range(info) is not None:
+        help_text += f"; {allowed_text(info)}"
+    help_text = (help_text + ")").replace("%", "%%")
+    if kind is bool:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif choices(info):
+        p.add_argument(flag, choices=choices(info), help=help_text)
+    else:
+        p.add_argument(flag, type=kind, help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The environment's settings, with the flags that were given on top."""
-    given = {
-        k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__ and v is not None
-    }
-    return replace(Settings.from_env(), **given)
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings.from_env().replace(**given)
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -2,8 +2,12 @@
 
 BentoML's MaxConcurrencyMiddleware sits outside nnship's guard and, at the limit, answers
 `{"error": "Too many requests"}` with no Retry-After, request id or `detail`. This subclass keeps its
-semaphore and skipped paths and only replaces that answer. BentoML's app factory imports the class
-by name when it builds the app, so installing it at import time takes effect.
+semaphore and skipped paths and only replaces that answer.
+
+Effect: the answer's shape only (a client retries after Retry-After, the refusal is counted in
+`nnship_requests_rejected_total{reason="concurrency_limited"}` and carries the request id); the
+limit and its cost are BentoML's. BentoML's app factory imports the class by name when it builds the
+app, so `nnship.service.patches.install()` (which calls `install` here) takes effect if run before.
 """
 
 from __future__ import annotations

@@ -12,9 +12,15 @@ The contract is the one BentoML publishes for its `predict` API in the OpenAPI d
 (`{"inputs": [...]}` in, the answer object out). That API stays declared and is what answers when
 NNSHIP_PREDICT_ROUTE=bentoml, when BentoML's CORS handling is on (it sits behind this layer and must
 see the request) and when tracing is on (BentoML's layer adds the `x-bentoml-request-id` header that
-ties a response to its span). The two routes differ only in the envelope: this one reads the body as
-UTF-8 JSON holding `inputs` and nothing else and names the rule broken; BentoML's IO model ignores
-unknown fields and words its own errors.
+ties a response to its span). Both routes refuse a bad body alike: when BentoML's layer answers, this
+one still reads the body and checks it with the same validator first (unknown fields, a missing
+`inputs`, wrong types and shapes get the same status and body on either route), so BentoML's IO model
+only ever sees valid requests. The exception is BentoML's CORS handling: it must add its headers to
+every answer, refusals included, so then the body goes to BentoML unchecked (and BentoML's IO model
+ignores unknown fields and words its own errors).
+
+Not a replacement inside BentoML: it is added with the service's `add_asgi_middleware`, so it sits
+behind BentoML's own middleware and in front of its router (tests/unit/test_patches.py checks it).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnship.service.oip import STATE
+from nnship.service.security import replay_body
 
 
 def _cors_enabled() -> bool:
@@ -31,15 +38,18 @@ def _cors_enabled() -> bool:
 
 
 class PredictEndpoint:
+    """POST /predict answered here (`enabled`), or checked here and answered by BentoML's route."""
+
     def __init__(self, app: Any, path: str = "/predict", enabled: bool = True) -> None:
         self.app = app
         self.path = path
-        self.enabled = enabled and not _cors_enabled()
+        self.check = not _cors_enabled()  # CORS: BentoML must see (and answer) every request
+        self.enabled = enabled and self.check
 
     async def __call__(self, scope, receive, send) -> None:
         svc = STATE.service  # published once the model is loaded and warmed up
         if (
-            not self.enabled
+            not self.check
             or svc is None
             or scope["type"] != "http"
             or scope["method"] != "POST"
@@ -47,13 +57,24 @@ class PredictEndpoint:
         ):
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:  # the guard in front has already held the body to its size limit
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        response = await svc.predict_json(b"".join(chunks))
+        raw = await _read_body(receive)
+        if raw is None:
+            return
+        if self.enabled:
+            response = await svc.predict_json(raw)
+        elif (response := svc.refuse_predict_body(raw)) is None:
+            await self.app(scope, replay_body(raw, receive), send)
+            return
         await response(scope, receive, send)
+
+
+async def _read_body(receive) -> bytes | None:
+    """The whole body (None: the client left); the guard in front has held it to its size limit."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

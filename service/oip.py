@@ -41,7 +41,9 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def _unknown(svc: Any, loc: str, message: str) -> Response:
-    error = RequestError(404, "unknown_model", ["path", loc], "unknown_model", message)
+    error = RequestError(
+        status=404, reason="unknown_model", loc=["path", loc], rule="unknown_model", message=message
+    )
     return svc.reject(error, REQUEST_ID.get())
 
 
@@ -167,11 +169,11 @@ async def infer(request: Request) -> Response:
 
 def _reject_constant(name: str) -> float:
     raise RequestError(
-        400,
-        "non_finite",
-        ["inputs", 0, "data"],
-        "finite_required",
-        f"{name} is not accepted; values must be finite numbers",
+        status=400,
+        reason="non_finite",
+        loc=["inputs", 0, "data"],
+        rule="finite_required",
+        message=f"{name} is not accepted; values must be finite numbers",
     )
 
 

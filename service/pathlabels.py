@@ -8,6 +8,12 @@ one `endpoint="/__other__"` series, while routing still sees the real path (and 
 That middleware is the outermost one BentoML builds (after Starlette's error handler), and it also
 labels websocket handshakes with their paths. The service has no websocket route, so the wrapper
 refuses every handshake before anything else sees it, whether or not paths are bounded.
+
+Effect: the request-metric series stay one per known route plus one `/__other__`, however many
+distinct paths clients send (unbounded before: each scanned path added a counter and a histogram of
+BentoML's buckets to every scrape); the cost is one set lookup per request. Installed by
+`nnship.service.patches.install()`: BentoML's app factory imports the class by name when it builds
+the app.
 """
 
 from __future__ import annotations

@@ -164,7 +164,54 @@ async def refuse_websocket(scope, send) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
+def read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], str]:
+    """The headers the guard decides on, and the name of one sent more than once ("" if none)."""
+    headers: dict[str, str] = {}
+    repeated = ""
+    for k, v in raw:  # ASGI servers lower-case header names
+        if k in WANTED:
+            name = k.decode()
+            if k in SINGLE and name in headers:
+                repeated = name
+            headers[name] = v.decode("latin-1")
+    return headers, repeated
+
+
+def request_id(headers: dict[str, str]) -> str:
+    """The client's x-request-id when well formed, else a fresh random one."""
+    rid = headers.get("x-request-id", "")
+    return rid if REQUEST_ID_RE.fullmatch(rid) else os.urandom(12).hex()
+
+
+def check_path(scope) -> Refusal | None:
+    """400 for a path holding control characters (decoded or raw)."""
+    if CONTROL.search(scope["path"]) or CONTROL_BYTES.search(scope.get("raw_path") or b""):
+        return 400, "bad_path", "the request path holds control characters", {}
+    return None
+
+
+def check_repeated(repeated: str) -> Refusal | None:
+    """400 for a decisive header sent more than once."""
+    if repeated:
+        return 400, "malformed", f"the {repeated} header is repeated; send it once", {}
+    return None
+
+
+def with_request_id(scope, rid: str):
+    """The scope with exactly one x-request-id header: the checked one."""
+    kept = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+    return {**scope, "headers": [*kept, (b"x-request-id", rid.encode())]}
+
+
+def has_body(headers: dict[str, str]) -> bool:
+    """Whether the request declares a body (a non-zero length, or chunked)."""
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+
+
 class Guard:
+    """Request id, path check, repeated headers, public routes, key, auth-failure and rate limits,
+    content type and body limit, in that order, then the app with a JSON 500 for what it raises."""
+
     def __init__(self, app, settings: Settings) -> None:
         self.app = app
         self.settings = settings
@@ -191,13 +238,21 @@ class Guard:
 
     def authenticate(self, addr: str, headers: dict[str, str]) -> Refusal | None:
         """The key, unless this client has failed too often lately (then not even compared)."""
-        if self.failures is not None and (wait := self.failures.wait(addr)) > 0:
-            return (
-                429,
-                "auth_limited",
-                "too many failed authentications; retry later",
-                retry_after(wait),
-            )
+        return self.limit_auth_failures(addr) or self.check_key(addr, headers)
+
+    def limit_auth_failures(self, addr: str) -> Refusal | None:
+        """429 for a client whose wrong keys used up its auth-failure bucket."""
+        if self.failures is None or (wait := self.failures.wait(addr)) == 0:
+            return None
+        return (
+            429,
+            "auth_limited",
+            "too many failed authentications; retry later",
+            retry_after(wait),
+        )
+
+    def check_key(self, addr: str, headers: dict[str, str]) -> Refusal | None:
+        """401 unless the presented key matches (constant time); a wrong one counts as a guess."""
         given = _presented_key(headers)
         if hmac.compare_digest(given.encode("latin-1"), self.key):  # the header's own bytes
             return None
@@ -211,6 +266,7 @@ class Guard:
         )
 
     def limit_rate(self, addr: str) -> Refusal | None:
+        """429 for a client past its request rate."""
         if self.buckets is None or (wait := self.buckets.take(addr)) == 0:
             return None
         return 429, "rate_limited", "rate limit exceeded", retry_after(wait)
@@ -259,56 +315,45 @@ class Guard:
         return bytes(body)
 
     async def __call__(self, scope, receive, send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "websocket":
-                await refuse_websocket(scope, send)
-            else:
-                await self.app(scope, receive, send)
+        """Each HTTP request through the steps below, in this order; websockets are refused."""
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
             return
-        headers: dict[str, str] = {}
-        repeated = ""
-        for k, v in scope["headers"]:  # ASGI servers lower-case header names
-            if k in WANTED:
-                name = k.decode()
-                if k in SINGLE and name in headers:
-                    repeated = name
-                headers[name] = v.decode("latin-1")
-        rid = headers.get("x-request-id", "")
-        if not REQUEST_ID_RE.fullmatch(rid):
-            rid = os.urandom(12).hex()
-        method, path = scope["method"], scope["path"]
-        if CONTROL.search(path) or CONTROL_BYTES.search(scope.get("raw_path") or b""):
-            refusal = (400, "bad_path", "the request path holds control characters", {})
+        headers, repeated = read_headers(scope["headers"])
+        rid = request_id(headers)
+        refusal = check_path(scope) or check_repeated(repeated)
+        guarded = with_body = False
+        if refusal is None:
+            scope = with_request_id(scope, rid)
+            guarded = not self.public(scope["method"], scope["path"], headers)
+            with_body = guarded and has_body(headers)
+        if refusal is None and guarded:
+            refusal = self.admit((scope.get("client") or ("-",))[0], headers, with_body)
+        if refusal is not None:
             await self._reply(send, refusal, rid)
             return
-        if repeated:
-            refusal = (400, "malformed", f"the {repeated} header is repeated; send it once", {})
-            await self._reply(send, refusal, rid)
-            return
-        # exactly one x-request-id reaches the app: the checked one
-        kept = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
-        scope = {**scope, "headers": [*kept, (b"x-request-id", rid.encode())]}
-        guarded = not self.public(method, path, headers)
-        with_body = guarded and (
-            headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-        )
-        if guarded:
-            addr = (scope.get("client") or ("-",))[0]
-            refusal = self.authenticate(addr, headers) if self.key else None
-            if refusal is None:
-                refusal = self.limit_rate(addr)
-            if refusal is None and with_body:
-                refusal = self.check_body_headers(headers)
-            if refusal is not None:
-                await self._reply(send, refusal, rid)
+        if with_body:
+            body = await self._read_body(receive, send, rid)
+            if body is None:
                 return
-            if with_body:
-                body = await self._read_body(receive, send, rid)
-                if body is None:
-                    return
-                receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self._forward(scope, receive, send, rid, with_body)
+
+    async def _not_http(self, scope, receive, send) -> None:
+        """Websocket handshakes refused; lifespan and other scopes passed to the app."""
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def admit(self, addr: str, headers: dict[str, str], with_body: bool) -> Refusal | None:
+        """A guarded request's checks before its body: key, rate limit, content type and length."""
+        refusal = self.authenticate(addr, headers) if self.key else None
+        if refusal is None:
+            refusal = self.limit_rate(addr)
+        if refusal is None and with_body:
+            refusal = self.check_body_headers(headers)
+        return refusal
 
     async def _forward(self, scope, receive, send, rid: str, with_body: bool) -> None:
         """The app, with the request id on its answer and a JSON 500 for what it raises."""
@@ -354,7 +399,8 @@ class Guard:
             REQUEST_ID.reset(token)
 
 
-def _replay(body: bytes, receive):
+def replay_body(body: bytes, receive):
+    """A receive that hands the app the body already read, then the client's next messages."""
     sent = False
 
     async def replay():

@@ -5,10 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,15 +18,7 @@ from starlette.responses import JSONResponse
 from nnship.contracts import MANIFEST, read_manifest
 from nnship.errors import NnshipError
 from nnship.numeric import softmax
-from nnship.service import (
-    concurrency,
-    connections,
-    lifecycle,
-    looplag,
-    metrics,
-    pathlabels,
-    timeouts,
-)
+from nnship.service import lifecycle, looplag, metrics, patches
 from nnship.service.batching import AdaptiveBatcher, Overloaded
 from nnship.service.endpoint import PredictEndpoint
 from nnship.service.oip import STATE, oip_app
@@ -71,29 +61,8 @@ def _declared_model(ref: str) -> bentoml.models.BentoModel | None:
 
 if lifecycle.in_serve_main_process():
     lifecycle.preflight(SETTINGS)
-timeouts.install()
-concurrency.install()  # BentoML's 429 at the concurrency limit, in nnship's shape
-connections.install(SETTINGS.header_timeout_s, SETTINGS.max_connections)
 trust_forwarded(SETTINGS.trusted_proxies)  # before BentoML's worker configures uvicorn
-pathlabels.install(  # refuses websockets first; bounds path labels unless switched off
-    known={
-        "/",
-        "/predict",
-        "/livez",
-        "/readyz",
-        "/healthz",
-        "/metrics",
-        "/docs.json",
-        "/v2",
-        "/v2/health/live",
-        "/v2/health/ready",
-    },
-    known_patterns=[
-        # version paths are left out: a client-chosen version string must not become a label
-        rf"^/v2/models/{re.escape(_model_name(SETTINGS.model))}(/ready|/infer)?$",
-    ],
-    bound=SETTINGS.bound_metric_paths,
-)
+patches.install(SETTINGS, _model_name(SETTINGS.model))  # before BentoML builds the app
 
 
 @bentoml.service(
@@ -121,7 +90,7 @@ class NnshipService:
 
     def _start(self) -> None:
         """Load and check the model, set up batching and metrics, warm up, then publish."""
-        self.runtime: Runtime = load_runtime(replace(SETTINGS, model=self._package_ref()))
+        self.runtime: Runtime = load_runtime(SETTINGS.replace(model=self._package_ref()))
         m = self.runtime.manifest
         self.model, self.version = m.model, m.version or "local"
         self.labels = m.output.labels
@@ -244,11 +213,11 @@ class NnshipService:
         """Inputs far outside the training range can overflow the network: say so, do not crash."""
         if not np.isfinite(out).all():
             raise RequestError(
-                422,
-                "non_finite_output",
-                ["inputs"],
-                "finite_output",
-                "the model's output is not finite for these inputs (values far outside the "
+                status=422,
+                reason="non_finite_output",
+                loc=["inputs"],
+                rule="finite_output",
+                message="the model's output is not finite for these inputs (values far outside the "
                 "training range)",
             )
 
@@ -292,6 +261,14 @@ class NnshipService:
     async def predict_json(self, raw: bytes) -> JSONResponse:
         """/predict for a raw body, as `service/endpoint.py` receives it."""
         return await self.respond(self.validator.predict_body, raw)
+
+    def refuse_predict_body(self, raw: bytes) -> JSONResponse | None:
+        """The refusal /predict gives this body on the fast route, or None when it is valid."""
+        try:
+            self.validator.predict_body(raw)
+        except RequestError as e:
+            return self.reject(e, REQUEST_ID.get())
+        return None
 
     @bentoml.api(route="/predict")
     async def predict(

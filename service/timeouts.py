@@ -11,6 +11,9 @@ the whole exchange, answer included: late before the answer starts, the client g
 after, the request is dropped and its slot freed. uvicorn then closes the connection when part of
 the answer went out, or, when the stalled client had not even taken the status line, keeps trying
 to send it a 500 until the client leaves (outside the app: no slot, no request task).
+
+Installed by `nnship.service.patches.install()`: BentoML's base app factory imports
+TimeoutMiddleware by name each time it builds the app.
 """
 
 from __future__ import annotations

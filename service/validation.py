@@ -8,7 +8,16 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from nnship.contracts import Manifest
 
@@ -48,7 +57,7 @@ REASONS = (
 class RequestError(Exception):
     """A rejected request: HTTP status, closed-set reason, the field path and the rule broken."""
 
-    def __init__(self, status: int, reason: str, loc: list[Any], rule: str, message: str):
+    def __init__(self, *, status: int, reason: str, loc: list[Any], rule: str, message: str):
         assert reason in REASONS, reason
         message = printable(message)
         loc = [printable(p) if isinstance(p, str) else p for p in loc]  # keys come from the client
@@ -87,7 +96,11 @@ def parse_json(raw: bytes, **options: Any) -> Any:
         return json.loads(raw.decode("utf-8"), **options)
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, over-long ints, deep nesting
         raise RequestError(
-            400, "malformed", [], "json", f"the body is not valid UTF-8 JSON: {e}"
+            status=400,
+            reason="malformed",
+            loc=[],
+            rule="json",
+            message=f"the body is not valid UTF-8 JSON: {e}",
         ) from None
 
 
@@ -131,11 +144,11 @@ class Validator:
         """A request body as JSON, refused unparsed when it is larger than any valid request."""
         if len(raw) > self.max_body:
             raise RequestError(
-                413,
-                "body_too_large",
-                [],
-                "model_body_limit",
-                f"a {len(raw)}-byte body is larger than any valid request for this model "
+                status=413,
+                reason="body_too_large",
+                loc=[],
+                rule="model_body_limit",
+                message=f"a {len(raw)}-byte body is larger than any valid request for this model "
                 f"(at most {self.max_body} bytes: {BYTES_PER_VALUE} per value plus "
                 f"{BODY_OVERHEAD // 1024} KiB)",
             )
@@ -179,18 +192,18 @@ class Validator:
             msg = f"expected a list at depth {depth} (inputs are [N, {', '.join(map(str, self.shape))}])"
         else:
             reason, rule, msg = "malformed", kind, err["msg"]
-        return RequestError(400, reason, [field, *loc], rule, msg)
+        return RequestError(status=400, reason=reason, loc=[field, *loc], rule=rule, message=msg)
 
     def _finish(self, x: np.ndarray, field: str) -> np.ndarray:
         big = np.abs(x) > F32_MAX
         if big.any():
             where = [int(i) for i in np.argwhere(big)[0]]
             raise RequestError(
-                400,
-                "overflow",
-                [field, *where],
-                "float32_range",
-                f"{x[tuple(where)]:.4g} overflows float32",
+                status=400,
+                reason="overflow",
+                loc=[field, *where],
+                rule="float32_range",
+                message=f"{x[tuple(where)]:.4g} overflows float32",
             )
         return x.astype(np.float32)
 
@@ -200,22 +213,28 @@ class Validator:
         body = self.parse(raw)
         if not isinstance(body, dict):
             raise RequestError(
-                400,
-                "malformed",
-                [],
-                "object_required",
-                'the request body must be a JSON object: {"inputs": [...]}',
+                status=400,
+                reason="malformed",
+                loc=[],
+                rule="object_required",
+                message='the request body must be a JSON object: {"inputs": [...]}',
             )
         if "inputs" not in body:
-            raise RequestError(400, "malformed", ["inputs"], "missing", "the field is required")
+            raise RequestError(
+                status=400,
+                reason="malformed",
+                loc=["inputs"],
+                rule="missing",
+                message="the field is required",
+            )
         extra = sorted(k for k in body if k != "inputs")
         if extra:  # a misspelt option must not be ignored silently
             raise RequestError(
-                400,
-                "malformed",
-                [extra[0]],
-                "unknown_field",
-                "unknown field; the body holds only `inputs`",
+                status=400,
+                reason="malformed",
+                loc=[extra[0]],
+                rule="unknown_field",
+                message="unknown field; the body holds only `inputs`",
             )
         return self.predict_inputs(body["inputs"])
 
@@ -229,11 +248,11 @@ class Validator:
             lengths = {len(r) for r in rows}
             if len(lengths) > 1:
                 raise RequestError(
-                    400,
-                    "sequence_length",
-                    ["inputs"],
-                    "equal_lengths",
-                    f"rows have different sequence lengths {sorted(lengths)}; one request holds "
+                    status=400,
+                    reason="sequence_length",
+                    loc=["inputs"],
+                    rule="equal_lengths",
+                    message=f"rows have different sequence lengths {sorted(lengths)}; one request holds "
                     "sequences of one length",
                 )
         return self._finish(np.asarray(rows, dtype=np.float64), "inputs")
@@ -241,81 +260,29 @@ class Validator:
     def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
         """An Open Inference Protocol v2 request -> (float32 array, requested output names).
 
-        Cheap checks come first (the tensor's name, datatype, shape, the requested outputs, then the
-        element count of `data` against the shape, counted without copying), so a bad request is
-        refused after work bounded by the largest valid request, not by the size of its body."""
-        if not isinstance(body, dict):
-            raise RequestError(
-                400, "malformed", [], "object_required", "the request body must be a JSON object"
-            )
-        tensors = body.get("inputs")
-        if not isinstance(tensors, list) or len(tensors) != 1 or not isinstance(tensors[0], dict):
-            raise RequestError(
-                400,
-                "malformed",
-                ["inputs"],
-                "one_input",
-                "expected exactly one input tensor object",
-            )
-        t = tensors[0]
-        self._check_tensor_header(t)
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shape
-        ):
-            raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "shape"],
-                "int_list",
-                "shape must be a list of integers",
-            )
-        self._check_shape(tuple(shape))
-        names = self._output_names(body.get("outputs"))
-        flat = _flatten(t.get("data"), math.prod(shape), shape)
+        Cheap checks come first (the request's structure, the tensor's name, datatype and shape, the
+        requested outputs, then the element count of `data` against the shape, counted without
+        copying), so a bad request is refused after work bounded by the largest valid request, not
+        by the size of its body."""
+        request = self._v2_request(body)
+        t = request.inputs[0]
+        names = self._output_names(request.outputs)
+        flat = _flatten(t.data, math.prod(t.shape), t.shape)
         try:
             values = self.flat.validate_python(flat)
         except ValidationError as e:
             err = self._from_pydantic(e, "data")
             err.loc = ["inputs", 0, "data", *err.loc[1:]]
             raise err from None
-        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(shape), names
+        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(t.shape), names
 
-    def _check_tensor_header(self, t: dict[str, Any]) -> None:
-        """The input tensor's name, datatype and parameters."""
-        if t.get("name") != "input":
-            raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "name"],
-                "input_name",
-                f"unknown input {_short(t.get('name'))}; this model takes 'input'",
-            )
-        if t.get("datatype") != "FP32":
-            raise RequestError(
-                400,
-                "type",
-                ["inputs", 0, "datatype"],
-                "datatype",
-                f"datatype {_short(t.get('datatype'))} is not accepted; send FP32",
-            )
-        params = t.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise RequestError(
-                400,
-                "malformed",
-                ["inputs", 0, "parameters"],
-                "object_required",
-                "parameters must be a JSON object",
-            )
-        if (params or {}).get("binary_data_size") is not None:
-            raise RequestError(
-                400,
-                "unsupported",
-                ["inputs", 0, "parameters"],
-                "json_data_only",
-                "binary tensor data is not supported; send JSON data (binary_data=False)",
-            )
+    def _v2_request(self, body: Any) -> V2Request:
+        """The request's structure, its tensor's header and shape, checked by the model in that
+        order; the first problem found is the one refused."""
+        try:
+            return V2Request.model_validate(body, context={"shape": self._check_shape})
+        except ValidationError as e:
+            raise _v2_refusal(e.errors(include_url=False)[0]) from None
 
     def _output_names(self, outputs: Any) -> list[str] | None:
         """The requested outputs, each known output at most once: an answer holds at most max_rows
@@ -324,32 +291,32 @@ class Validator:
         if outputs is None:
             return None
         loc = ["outputs"]
-        if not isinstance(outputs, list):
-            raise RequestError(
-                400, "malformed", loc, "object_list", "outputs must be a list of objects"
-            )
         names: list[str] = []
         for i, o in enumerate(outputs):
             if not isinstance(o, dict):
                 raise RequestError(
-                    400, "malformed", [*loc, i], "object_required", "an output must be an object"
+                    status=400,
+                    reason="malformed",
+                    loc=[*loc, i],
+                    rule="object_required",
+                    message="an output must be an object",
                 )
             name = o.get("name")
             if name in names:
                 raise RequestError(
-                    400,
-                    "malformed",
-                    [*loc, i, "name"],
-                    "duplicate_output",
-                    f"output {name!r} is requested more than once",
+                    status=400,
+                    reason="malformed",
+                    loc=[*loc, i, "name"],
+                    rule="duplicate_output",
+                    message=f"output {name!r} is requested more than once",
                 )
             if name not in self.outputs:
                 raise RequestError(
-                    400,
-                    "malformed",
-                    [*loc, i, "name"],
-                    "output_name",
-                    f"unknown output {_short(name)}; available: {list(self.outputs)}",
+                    status=400,
+                    reason="malformed",
+                    loc=[*loc, i, "name"],
+                    rule="output_name",
+                    message=f"unknown output {_short(name)}; available: {list(self.outputs)}",
                 )
             names.append(name)
         return names
@@ -358,36 +325,46 @@ class Validator:
         loc = ["inputs", 0, "shape"]
         if len(shape) != len(self.shape) + 1:
             raise RequestError(
-                400,
-                "shape",
-                loc,
-                "rank",
-                f"rank {len(shape)} != {len(self.shape) + 1} (expected [N, {', '.join(map(str, self.shape))}])",
+                status=400,
+                reason="shape",
+                loc=loc,
+                rule="rank",
+                message=f"rank {len(shape)} != {len(self.shape) + 1} (expected [N, {', '.join(map(str, self.shape))}])",
             )
         n, rest = shape[0], shape[1:]
         if n < 1:
-            raise RequestError(400, "empty", loc, "non_empty_batch", "the batch has no rows")
+            raise RequestError(
+                status=400,
+                reason="empty",
+                loc=loc,
+                rule="non_empty_batch",
+                message="the batch has no rows",
+            )
         if n > self.max_rows:
             raise RequestError(
-                400,
-                "too_many_rows",
-                loc,
-                "max_rows",
-                f"{n} rows exceed the limit of {self.max_rows}",
+                status=400,
+                reason="too_many_rows",
+                loc=loc,
+                rule="max_rows",
+                message=f"{n} rows exceed the limit of {self.max_rows}",
             )
         for axis, (got, want) in enumerate(zip(rest, self.shape, strict=True), start=1):
             if self.sequence and axis == 1:
                 if not 1 <= got <= self.max_seq:
                     raise RequestError(
-                        400,
-                        "sequence_length",
-                        loc,
-                        "sequence_length",
-                        f"sequence length {got} is outside [1, {self.max_seq}]",
+                        status=400,
+                        reason="sequence_length",
+                        loc=loc,
+                        rule="sequence_length",
+                        message=f"sequence length {got} is outside [1, {self.max_seq}]",
                     )
             elif got != want:
                 raise RequestError(
-                    400, "shape", loc, "shape", f"axis {axis} has length {got}, expected {want}"
+                    status=400,
+                    reason="shape",
+                    loc=loc,
+                    rule="shape",
+                    message=f"axis {axis} has length {got}, expected {want}",
                 )
 
     # -- training range ------------------------------------------------------------------------------
@@ -401,14 +378,117 @@ class Validator:
             r = int(rows[0])
             f = int(np.flatnonzero(bad[r].any(axis=0))[0])
             raise RequestError(
-                422,
-                "out_of_range",
-                ["inputs", r],
-                "training_range",
-                f"feature {self.feature_names[f]} is outside the training range "
+                status=422,
+                reason="out_of_range",
+                loc=["inputs", r],
+                rule="training_range",
+                message=f"feature {self.feature_names[f]} is outside the training range "
                 f"[{self.low[f]:.4g}, {self.high[f]:.4g}] (strict mode)",
             )
         return [int(r) for r in rows], counts
+
+
+def _carried(error: RequestError) -> PydanticCustomError:
+    """A refusal raised inside the v2 model, carried out as the RequestError it stands for."""
+    return PydanticCustomError(
+        "request_error", "{message}", {"message": error.message, "error": error}
+    )
+
+
+def _tensor_refusal(reason: str, rule: str, message: str, field: str) -> PydanticCustomError:
+    """A refusal of one field of the input tensor."""
+    loc = ["inputs", 0, field]
+    return _carried(RequestError(status=400, reason=reason, loc=loc, rule=rule, message=message))
+
+
+class V2Tensor(BaseModel):
+    """The one input tensor, checked in field order (name, datatype, parameters, shape); `data` is
+    left to the bounded walk that follows."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Any = Field(None, validate_default=True)  # absent: refused as the wrong name
+    datatype: Any = Field(None, validate_default=True)
+    parameters: dict[str, Any] | None = None
+    shape: list[int]
+    data: Any = None
+
+    @field_validator("name")
+    @classmethod
+    def _input_name(cls, value: Any) -> Any:
+        """This model takes one tensor, named `input`."""
+        if value != "input":
+            message = f"unknown input {_short(value)}; this model takes 'input'"
+            raise _tensor_refusal("malformed", "input_name", message, "name")
+        return value
+
+    @field_validator("datatype")
+    @classmethod
+    def _fp32(cls, value: Any) -> Any:
+        """Values come as FP32."""
+        if value != "FP32":
+            message = f"datatype {_short(value)} is not accepted; send FP32"
+            raise _tensor_refusal("type", "datatype", message, "datatype")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _json_data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Tensor data in the JSON body only."""
+        if (value or {}).get("binary_data_size") is not None:
+            message = "binary tensor data is not supported; send JSON data (binary_data=False)"
+            raise _tensor_refusal("unsupported", "json_data_only", message, "parameters")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _model_shape(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        """Rank, rows and the other axes against the model's input shape."""
+        try:
+            info.context["shape"](tuple(value))
+        except RequestError as e:
+            raise _carried(e) from None
+        return value
+
+
+class V2Request(BaseModel):
+    """An Open Inference Protocol v2 inference request (JSON tensors)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    inputs: Annotated[list[V2Tensor], Field(min_length=1, max_length=1)]
+    outputs: list[Any] | None = None
+    id: Any = None
+
+
+ONE_INPUT = ("one_input", ["inputs"], "expected exactly one input tensor object")
+# each structural problem by the field where the model found it: (rule, loc, message)
+V2_STRUCTURE = {
+    (): ("object_required", [], "the request body must be a JSON object"),
+    ("inputs",): ONE_INPUT,
+    ("inputs", 0): ONE_INPUT,
+    ("inputs", 0, "parameters"): (
+        "object_required",
+        ["inputs", 0, "parameters"],
+        "parameters must be a JSON object",
+    ),
+    ("inputs", 0, "shape"): (
+        "int_list",
+        ["inputs", 0, "shape"],
+        "shape must be a list of integers",
+    ),
+    ("outputs",): ("object_list", ["outputs"], "outputs must be a list of objects"),
+}
+
+
+def _v2_refusal(err: Any) -> RequestError:
+    """The RequestError for the first problem the v2 model found."""
+    if err["type"] == "request_error":
+        return err["ctx"]["error"]
+    loc = tuple(err["loc"])
+    key = next(loc[:n] for n in range(len(loc), -1, -1) if loc[:n] in V2_STRUCTURE)
+    rule, where, message = V2_STRUCTURE[key]
+    return RequestError(status=400, reason="malformed", loc=where, rule=rule, message=message)
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -423,7 +503,13 @@ def _flatten(data: Any, expected: int, shape: list[int]) -> list[Any]:
     never by the body. Leaves are checked by the strict number type afterwards."""
     loc = ["inputs", 0, "data"]
     if not isinstance(data, list):
-        raise RequestError(400, "malformed", loc, "list_required", "data must be a list")
+        raise RequestError(
+            status=400,
+            reason="malformed",
+            loc=loc,
+            rule="list_required",
+            message="data must be a list",
+        )
     out: list[Any] = []
     lists = 1
     max_lists = sum(math.prod(shape[:k]) for k in range(len(shape)))  # data nested as the shape
@@ -444,18 +530,18 @@ def _flatten(data: Any, expected: int, shape: list[int]) -> list[Any]:
             continue
         if len(out) > expected or lists > max_lists:
             raise RequestError(
-                400,
-                "shape",
-                loc,
-                "size_matches_shape",
-                f"data does not fit shape {shape}: more than {expected} values, or nested deeper",
+                status=400,
+                reason="shape",
+                loc=loc,
+                rule="size_matches_shape",
+                message=f"data does not fit shape {shape}: more than {expected} values, or nested deeper",
             )
     if len(out) != expected:
         raise RequestError(
-            400,
-            "shape",
-            loc,
-            "size_matches_shape",
-            f"{len(out)} values do not fill shape {shape}",
+            status=400,
+            reason="shape",
+            loc=loc,
+            rule="size_matches_shape",
+            message=f"{len(out)} values do not fill shape {shape}",
         )
     return out

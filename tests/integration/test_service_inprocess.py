@@ -88,7 +88,7 @@ def test_predict_in_process(app_client):
 
 def test_both_routes_give_the_runtime_s_answers(app_client):
     """Same contract either way: labels and probabilities equal ONNX Runtime's own, batch by batch."""
-    client, seen = app_client
+    client, _ = app_client
     from nnship.service.oip import STATE
 
     svc = STATE.service
@@ -103,7 +103,7 @@ def test_both_routes_give_the_runtime_s_answers(app_client):
     assert body["predictions"] == [svc.labels[i] for i in p.argmax(1)]
     np.testing.assert_allclose(body["probabilities"], p, atol=2e-6)
     assert (body["model"], body["variant"]) == ("iris-served", svc.runtime.variant)
-    # the body's envelope: nnship's endpoint names the rule; BentoML's IO model answers in its words
+    # the body's envelope: either route names the rule broken
     for raw, rule in (
         (b'{"rows": [[1, 2, 3, 4]]}', "missing"),
         (b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "top_k": 2}', "unknown_field"),
@@ -111,12 +111,59 @@ def test_both_routes_give_the_runtime_s_answers(app_client):
         (b'{"inputs": [[1, 2', "json"),
     ):
         r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
-        if seen["route"] == "asgi":
-            assert r.status_code == 400 and r.json()["detail"][0]["type"] == rule, r.text
-        else:
-            # BentoML's pydantic IO model ignores unknown fields: the one difference between routes
-            assert r.status_code == (200 if rule == "unknown_field" else 400), r.text
-            assert "Traceback" not in r.text
+        assert r.status_code == 400 and r.json()["detail"][0]["type"] == rule, r.text
+
+
+BAD_BODIES = [
+    b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "top_k": 2}',  # unknown top-level field
+    b'{"inputs": [[5.1, 3.5, 1.4, 0.2]], "Inputs": []}',
+    b'{"rows": [[1, 2, 3, 4]]}',  # inputs missing
+    b"{}",
+    b'{"inputs": "5.1, 3.5, 1.4, 0.2"}',  # wrong types
+    b'{"inputs": [["5.1", 3.5, 1.4, 0.2]]}',
+    b'{"inputs": [[true, 3.5, 1.4, 0.2]]}',
+    b'{"inputs": [[null, 3.5, 1.4, 0.2]]}',
+    b'{"inputs": {"a": 1}}',
+    b'{"inputs": null}',
+    b'{"inputs": [[1, 2, 3]]}',  # shapes and sizes
+    b'{"inputs": []}',
+    b'{"inputs": [5.1, 3.5, 1.4, 0.2]}',
+    b'{"inputs": [[NaN, 3.5, 1.4, 0.2]]}',  # values
+    b'{"inputs": [[1e39, 3.5, 1.4, 0.2]]}',
+    b'{"inputs": [[' + b"9" * 400 + b", 3.5, 1.4, 0.2]]}",
+    b"[[5.1, 3.5, 1.4, 0.2]]",  # not an object, not JSON, not UTF-8
+    b'"inputs"',
+    b'{"inputs": [[1, 2',
+    b"\xff\xfe{}",
+    b"",
+]
+
+
+@pytest.mark.parametrize("raw", BAD_BODIES, ids=range(len(BAD_BODIES)))
+def test_both_predict_routes_refuse_bad_bodies_alike(service_app, raw):
+    """nnship's endpoint and BentoML's route: the same status, body and reason for each bad body."""
+    from nnship.service.endpoint import PredictEndpoint
+
+    client, _, app = service_app
+    client.get("/livez")
+    layer = app.middleware_stack
+    while not isinstance(layer, PredictEndpoint):
+        layer = layer.app
+    answers = []
+    for enabled in (True, False):
+        layer.enabled = enabled
+        try:
+            r = client.post(
+                "/predict",
+                content=raw,
+                headers={"content-type": "application/json", "x-request-id": "same"},
+            )
+        finally:
+            layer.enabled = True
+        answers.append((r.status_code, r.json(), r.headers.get("x-nnship-reject")))
+    fast, bentoml_route = answers
+    assert fast[0] == 400 and fast[2] is not None, fast
+    assert bentoml_route == fast
 
 
 def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):

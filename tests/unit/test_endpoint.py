@@ -18,6 +18,10 @@ class Recorder:
         self.bodies.append(raw)
         return JSONResponse({"got": len(raw)})
 
+    def refuse_predict_body(self, raw):
+        """Refuses any body without `inputs`, as the validator would."""
+        return None if b"inputs" in raw else JSONResponse({"error": "refused"}, status_code=400)
+
 
 def call(endpoint, method, path, chunks):
     sent, passed = [], []
@@ -65,8 +69,32 @@ def test_router_answers_until_the_model_is_published_or_when_disabled(monkeypatc
     _, passed = call(PredictEndpoint(None), "POST", "/predict", [b"{}"])
     assert passed == ["/predict"]
     monkeypatch.setattr(STATE, "service", Recorder())
-    _, passed = call(PredictEndpoint(None, enabled=False), "POST", "/predict", [b"{}"])
+    body = [b'{"inputs": ', b"[[1, 2]]}"]
+    _, passed = call(PredictEndpoint(None, enabled=False), "POST", "/predict", body)
     assert passed == ["/predict"]
+
+
+def test_bentoml_s_route_gets_only_bodies_the_endpoint_would_accept(monkeypatch):
+    """Disabled, the endpoint still refuses a bad body the way it would answer it; a good one goes
+    to BentoML's route whole."""
+    monkeypatch.setattr(STATE, "service", Recorder())
+    sent, passed = call(PredictEndpoint(None, enabled=False), "POST", "/predict", [b"{}"])
+    assert not passed and sent[0]["status"] == 400
+    received = []
+
+    async def inner(scope, receive, send):
+        received.append(await receive())
+
+    endpoint = PredictEndpoint(None, enabled=False)
+    endpoint.app = inner
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    messages = [{"type": "http.request", "body": b'{"inputs": [[1]]}', "more_body": False}]
+
+    async def receive():
+        return messages.pop(0)
+
+    asyncio.run(endpoint(scope, receive, lambda m: None))
+    assert received == [{"type": "http.request", "body": b'{"inputs": [[1]]}', "more_body": False}]
 
 
 def test_cors_needs_bentoml_s_route():

@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import math
+import os
 import re
-from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from nnship.cli import main
 from nnship.errors import NnshipError
-from nnship.service.settings import Settings, variable
+from nnship.service.settings import (
+    TABLE_BEGIN,
+    TABLE_END,
+    Settings,
+    allowed_range,
+    markdown_table,
+    variable,
+)
 
-NUMERIC = [f for f in fields(Settings) if type(f.default) in (int, float)]
+NUMERIC = [
+    SimpleNamespace(name=name, default=info.default, range=allowed_range(info)[:2])
+    for name, info in Settings.model_fields.items()
+    if info.annotation in (int, float)
+]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_number_declares_its_range():
     assert NUMERIC
     for f in NUMERIC:
-        low, high = f.metadata["range"]
+        low, high = f.range
         assert math.isfinite(low) and math.isfinite(high) and low <= f.default <= high, f.name
+
+
+def test_readme_settings_table_is_current():
+    """Regenerate with `python -m nnship.service.settings --markdown` and paste between markers."""
+    text = README.read_text()
+    start, end = text.index(TABLE_BEGIN), text.index(TABLE_END) + len(TABLE_END)
+    assert text[start:end] == markdown_table()
+
+
+def test_every_setting_has_help_text():
+    for name, info in Settings.model_fields.items():
+        assert info.description and "\n" not in info.description, name
 
 
 def out_of_range(f) -> list[str]:
     """Values just outside the field's range, and the non-finite ones for floats."""
-    low, high = f.metadata["range"]
+    low, high = f.range
     step = 1 if type(f.default) is int else 0.001
     values = [low - step, high + step, -1, 10**12]
     if type(f.default) is float:
@@ -46,7 +72,7 @@ def test_out_of_range_refused_in_one_line(name, raw):
 
 @pytest.mark.parametrize("f", NUMERIC, ids=[f.name for f in NUMERIC])
 def test_bounds_themselves_accepted(f):
-    low, high = f.metadata["range"]
+    low, high = f.range
     for v in (low, high):
         assert getattr(Settings.from_env({variable(f.name): str(v)}), f.name) == v
 
@@ -139,3 +165,41 @@ def test_serve_flags_refused_in_one_line(capsys, monkeypatch, argv, message):
     assert main(["serve", "no-such-model:v1", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nnship: error: ") and "\n" not in err and message in err
+
+
+def test_serve_flags_are_derived_from_the_settings(monkeypatch):
+    """Every setting but the model (the positional argument) has its flag, help and constraints;
+    the flags of earlier releases keep their names."""
+    import argparse
+
+    from nnship.service.cli import add_arguments, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    actions = {a.dest: a for a in p._actions}
+    for name, info in Settings.model_fields.items():
+        if name != "model":
+            help_text = actions[name].help % {}  # argparse's own escaping undone
+            assert info.description in help_text and variable(name) in help_text
+    assert actions["predict_route"].choices == ("asgi", "bentoml")
+    for key in [k for k in os.environ if k.startswith("NNSHIP_")]:
+        monkeypatch.delenv(key)
+    argv = ["m", "--variant", "fp32", "--workers", "2", "--threads", "3", "--max-batch-size", "8"]
+    argv += ["--max-wait-ms", "1.5", "--max-latency-ms", "900", "--max-rows", "7"]
+    argv += ["--max-body-bytes", "1000", "--rate-limit", "2.5", "--max-concurrency", "9"]
+    argv += ["--timeout-s", "4", "--grace-s", "5", "--protect-all", "--strict-range"]
+    argv += ["--require-gpu", "--tensorrt", "--api-key-env", "MY_KEY", "--no-bound-metric-paths"]
+    s = settings_from_args(p.parse_args(argv))
+    assert (s.variant, s.workers, s.threads, s.max_batch_size, s.max_wait_ms) == (
+        "fp32",
+        2,
+        3,
+        8,
+        1.5,
+    )
+    assert (s.max_latency_ms, s.max_rows, s.max_body_bytes, s.rate_limit) == (900, 7, 1000, 2.5)
+    assert (s.max_concurrency, s.timeout_s, s.grace_s, s.api_key_env) == (9, 4, 5, "MY_KEY")
+    assert s.protect_all and s.strict_range and s.require_gpu and s.tensorrt
+    assert not s.bound_metric_paths
+    monkeypatch.setenv("NNSHIP_WORKERS", "4")  # a flag not given leaves the variable's value
+    assert settings_from_args(p.parse_args(["m"])).workers == 4

@@ -1,0 +1,97 @@
+"""The service's ASGI app as BentoML builds it: every nnship replacement is the class in use, in its
+place, so a BentoML upgrade that bypasses one fails here instead of silently regressing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# built in a fresh interpreter: the service module reads its settings once, at import
+BUILD = """
+import json
+import uvicorn
+from _bentoml_impl.loader import load
+from nnship.service import patches, service
+
+
+def stack(app):
+    layer, names = app.build_middleware_stack(), []
+    while True:
+        names.append(f"{type(layer).__module__}.{type(layer).__qualname__}")
+        if type(layer).__name__ == "PredictEndpoint":
+            names[-1] += f"(enabled={layer.enabled})"
+        if type(layer).__name__ == "Router":
+            return names
+        layer = layer.app
+
+
+svc = load("nnship.service.service:NnshipService", standalone_load=True)
+app = svc.to_asgi(is_main=True)
+config = uvicorn.Config(app=app, log_config=None)  # as BentoML's worker builds it
+config.load()
+protocol = config.http_protocol_class
+routes = [getattr(r, "path", "") for r in app.router.routes]
+patches.install(service.SETTINGS, "irisnet")  # a second call changes nothing
+print(json.dumps({
+    "first": stack(app),
+    "again": stack(svc.to_asgi(is_main=True)),
+    "protocol": f"{protocol.__module__}.{protocol.__qualname__}",
+    "routes": routes,
+}))
+"""
+
+EXPECTED = [
+    "starlette.middleware.errors.ServerErrorMiddleware",
+    # BentoML's request metrics, outermost: bounded path labels, websockets refused first
+    "nnship.service.pathlabels.install.<locals>.BoundedPathMetrics",
+    "nnship.service.pathlabels.install.<locals>._RestorePath",
+    "opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware",
+    "nnship.service.timeouts.CancellingTimeout",  # in place of BentoML's TimeoutMiddleware
+    "nnship.service.concurrency.ConcurrencyLimit",  # in place of MaxConcurrencyMiddleware
+    "nnship.service.security.Guard",
+    "nnship.service.endpoint.PredictEndpoint(enabled=True)",  # /predict before the router
+    "nnship.service.openapi.OpenAPIDocument",
+    "_bentoml_impl.server.app.ContextMiddleware",
+    "starlette.middleware.exceptions.ExceptionMiddleware",
+    "starlette.routing.Router",
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The app built by BentoML's own loader, on a package directory that need not exist yet."""
+    package = tmp_path_factory.mktemp("pkg") / "irisnet"
+    package.mkdir()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "NNSHIP_MODEL": str(package),
+    }
+    env.pop("NNSHIP_SERVE_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_middleware_stack_in_order_with_each_replacement(built):
+    assert built["first"] == EXPECTED
+
+
+def test_installing_twice_changes_nothing(built):
+    assert built["again"] == EXPECTED
+
+
+def test_uvicorn_uses_the_bounded_h11_protocol(built):
+    assert built["protocol"] == "nnship.service.connections.BoundedH11Protocol"
+
+
+def test_bentoml_keeps_its_own_predict_route_behind_the_endpoint(built):
+    """NNSHIP_PREDICT_ROUTE=bentoml, CORS and tracing fall back to it."""
+    assert "/predict" in built["routes"]
