@@ -10,7 +10,8 @@ import os
 from nnship.errors import NnshipError
 from nnship.models import ACTIVATIONS, REGISTRY
 from nnship.training.data import BUILTIN
-from nnship.training.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig, train
+from nnship.training.recipes import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+from nnship.training.train import train
 
 log = logging.getLogger(__name__)
 
