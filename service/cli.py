@@ -254,7 +254,7 @@ def example_curl(url: str, manifest: dict, settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnship.cli import run_guarded
+    from nnship.runner import run_guarded
 
     p = argparse.ArgumentParser(
         prog="nnship serve", description="Serve a model package with BentoML."

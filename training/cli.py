@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnship.cli import run_guarded
+    from nnship.runner import run_guarded
 
     p = argparse.ArgumentParser(prog="nnship train", description="Train a network on a data set.")
     add_arguments(p)
