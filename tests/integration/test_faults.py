@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import httpx
 import psutil
-import pytest
 
 from nnship import probe
 from tests.server import iris_env, running_server
@@ -64,7 +63,6 @@ def ready_at(url: str, bound: float) -> float:
     return time.monotonic()
 
 
-@pytest.mark.slow
 def test_kill_9_worker_under_load(iris_package):
     with running_server(iris_env(iris_package, workers="1")) as (url, _):
         server = serve_process(int(url.rsplit(":", 1)[1]))
