@@ -61,9 +61,8 @@ class TrainConfig:
     batch_size: int | None = None  # global batch, split across DDP ranks
     lr: float | None = None
     weight_decay: float | None = None
-    optimizer: str | None = (
-        None  # adamw | adam | sgd (momentum 0.9, nesterov); None: recipe or adamw
-    )
+    # adamw | adam | sgd (momentum 0.9, nesterov); None: the recipe's, else adamw
+    optimizer: str | None = None
     schedule: str = "onecycle"  # onecycle | cosine | step | none
     loss: str | None = None  # cross-entropy (classification) | mse | huber (regression)
     label_smoothing: float | None = None  # cross-entropy only; None: recipe or 0

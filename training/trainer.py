@@ -219,9 +219,8 @@ class Trainer:
         for i in range(0, len(order), self.local_batch):
             idx = order[i : i + self.local_batch]
             x, y = self.x_train[idx], self.y_train[idx]
-            if (
-                self.augment
-            ):  # images (B, C, H, W); sequences of image rows (B, T, F) as one channel
+            # images (B, C, H, W); sequences of image rows (B, T, F) as one channel
+            if self.augment:
                 x = (
                     shift_images(x, self.aug_gen)
                     if x.ndim == 4

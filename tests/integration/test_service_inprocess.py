@@ -58,9 +58,8 @@ def app_client(request, service_app, monkeypatch):
 def test_ready_after_warm_up_on_every_bucket(app_client):
     client, seen = app_client
     assert seen["sizes"] == [1, 2, 4, 8, 16, 32, 64, 128]
-    assert (
-        seen["published_during_warm_up"] is False
-    )  # neither /readyz nor /v2 see it before warm-up ends
+    # neither /readyz nor /v2 see the service before warm-up ends
+    assert seen["published_during_warm_up"] is False
     assert client.get("/readyz").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
 

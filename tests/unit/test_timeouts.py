@@ -19,9 +19,8 @@ def _run(app, n=1):
 
         for _ in range(n):
             await app({"type": "http", "path": "/x"}, receive, send)
-        return sent, sum(
-            not h.cancelled() for h in loop._scheduled
-        )  # cancelled ones are purged lazily
+        # cancelled timers are purged lazily: count the live ones
+        return sent, sum(not h.cancelled() for h in loop._scheduled)
 
     return asyncio.run(main())
 
