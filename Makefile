@@ -1,4 +1,5 @@
-# nnship — the two commands a fresh machine needs: `make demo` and `make test`.
+# nnship — the two commands a fresh machine needs: `make demo` and `make test` (`make test-fast`:
+# the unit tier alone).
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed before the project so that its build can be chosen: the default pin takes
@@ -9,7 +10,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test lint settings-table format schemas quality export-bench serve-bench soak fuzz clean
+.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench soak fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ demo: setup  ## train the default model (cnn on digits), export and optimize it,
 
 test: setup  ## the whole test suite
 	$(BIN)/python -m pytest tests
+
+test-fast: setup  ## the unit tier alone (no training, no servers, no subprocesses): under a minute
+	$(BIN)/python -m pytest tests/unit
 
 lint: setup
 	$(BIN)/ruff check .

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnship.cli import run_guarded
+    from nnship.runner import run_guarded
 
     p = argparse.ArgumentParser(
         prog="nnship export", description="Export a run to an ONNX model package."

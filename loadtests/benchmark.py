@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from nnship.io import atomic_write
 from nnship.loadtests.rows import predict_bodies
+from nnship.probe import wait_ready
 
 CONCURRENCY = (1, 16, 64)
 SERVERS = ("nnship", "nnship-bentoml-route", "naive", "echo")
@@ -40,6 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+READY_TIMEOUT_S = 180
+
+
 @contextlib.contextmanager
 def _server(cmd: list[str], env: dict[str, str], url: str, ready_path: str):
     proc = subprocess.Popen(
@@ -50,20 +55,20 @@ def _server(cmd: list[str], env: dict[str, str], url: str, ready_path: str):
         start_new_session=True,
     )
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                r = httpx.request(
-                    "POST" if ready_path == "/predict" else "GET",
-                    url + ready_path,
-                    content=env.get("_PROBE", ""),
-                    headers={"content-type": "application/json"},
-                    timeout=2,
-                )
-                if r.status_code == 200:
-                    break
-            time.sleep(0.2)
+        probe = env.get("_PROBE", "").encode() if ready_path == "/predict" else None
+        ready = wait_ready(
+            url + ready_path,
+            timeout=READY_TIMEOUT_S,
+            headers={"content-type": "application/json"},
+            body=probe,
+            alive=lambda: proc.poll() is None,
+        )
+        if not ready:
+            raise RuntimeError(
+                f"{cmd[:4]} exited with {proc.returncode}"
+                if proc.poll() is not None
+                else f"{cmd[:4]} not ready in {READY_TIMEOUT_S} s"
+            )
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -119,27 +124,24 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
 
 def measure(url: str, script: Path, connections: int, seconds: int, pids: list[int]) -> dict:
     """wrk's figures plus the server processes' CPU time per answered request (user + system)."""
-    before = sum(_cpu_ticks(p) for p in pids)
+    before = sum(_cpu_seconds(p) for p in pids)
     r = run_wrk(url, script, connections, seconds)
-    used = (sum(_cpu_ticks(p) for p in pids) - before) / os.sysconf("SC_CLK_TCK")
+    used = sum(_cpu_seconds(p) for p in pids) - before
     r["cpu_us_per_request"] = used / max(r["rps"] * seconds, 1) * 1e6
     r["cpu_cores"] = used / seconds
     return r
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
-    ).stdout
-    kids = [int(p) for p in out.split()]
-    return kids + [g for k in kids for g in _children(k)]
+    """Process ids of every descendant of `pid`."""
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
 
 
 def profile(pid: int, url: str, script: Path, seconds: int, work: Path) -> list[tuple[str, float]]:
     """py-spy over the service's processes while wrk drives 16 clients: share of samples per frame."""
     raw = work / "profile.txt"
     pids = [p for p in [pid, *_children(pid)]]
-    target = max(pids, key=lambda p: _cpu_ticks(p))
+    target = max(pids, key=_cpu_seconds)
     spy = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "py-spy"),
@@ -167,12 +169,13 @@ def profile(pid: int, url: str, script: Path, seconds: int, work: Path) -> list[
     return summarize_profile(raw.read_text())
 
 
-def _cpu_ticks(pid: int) -> int:
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process so far (0 once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError):
-        return 0
+        t = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return t.user + t.system
 
 
 BUCKETS = [

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnship.cli import run_guarded
+    from nnship.runner import run_guarded
 
     p = argparse.ArgumentParser(prog="nnship loadtest", description="Load-test a running service.")
     add_arguments(p)

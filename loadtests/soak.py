@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nnship.io import atomic_write, atomic_write_json
 from nnship.loadtests.rows import predict_bodies
+from nnship.probe import wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,10 @@ def serve(model: str, env: dict[str, str]) -> Iterator[tuple[str, int]]:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    if not wait_ready(f"{url}/readyz", timeout=timeout, alive=lambda: proc.poll() is None):
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/readyz", timeout=2) as r,
-        ):
-            if r.status == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"the server was not ready in {timeout} s")
+        raise RuntimeError(f"the server was not ready in {timeout} s")
 
 
 def worker_pid(serve_pid: int) -> int | None:

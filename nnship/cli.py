@@ -1,14 +1,15 @@
-"""The `nnship` console script: one subcommand per stage, each a thin parser over a typed function."""
+"""The `nnship` console script: one subcommand per stage, each a thin parser over a typed function.
+
+Only the chosen subcommand's module is imported: `nnship --help` and `nnship serve --help` never
+load torch or the other stages."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+import importlib
 import sys
-from collections.abc import Callable
 
-from nnship.errors import NnshipError
+from nnship.runner import run_guarded
 
 SUBCOMMANDS = {
     "train": ("nnship.training.cli", "train a network on a built-in or user data set"),
@@ -27,42 +28,23 @@ SUBCOMMANDS = {
 }
 
 
-PACKAGES = ("nnship",)  # one logger tree: nnship.models, nnship.training, nnship.service, ...
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Our packages log at INFO (DEBUG with verbose); libraries only say warnings. Ranks > 0 stay quiet."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    level = logging.DEBUG if verbose else logging.INFO
-    if int(os.environ.get("RANK", 0)) != 0:
-        level = logging.WARNING
-    for name in PACKAGES:
-        logging.getLogger(name).setLevel(level)
-
-
-def run_guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand; an NnshipError becomes one line on stderr and exit code 2."""
-    setup_logging(getattr(args, "verbose", False))
-    try:
-        return fn(args)
-    except NnshipError as e:
-        print(f"nnship: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nnship: interrupted", file=sys.stderr)
-        return 130
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import importlib
-
-    parser = argparse.ArgumentParser(prog="nnship", description=__doc__)
+    """Parse the command line, import the chosen stage's CLI module alone, and run it."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = _chosen(argv)
+    parser = argparse.ArgumentParser(prog="nnship", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
     return run_guarded(args._run, args)
 

@@ -61,7 +61,10 @@ def holds_record(folder: Path, name: str, fmt: str) -> bool:
 
 
 def current_umask() -> int:
-    """The process umask: from /proc where Linux shows it, else by setting it and putting it back."""
+    """The process umask: from /proc where Linux shows it, else by setting it and putting it back.
+
+    psutil does not expose the umask, and Python can only read it by changing it; /proc reads it
+    without the moment in which a thread creating a file would get the temporary mask."""
     with contextlib.suppress(OSError, ValueError, StopIteration):
         status = Path("/proc/self/status").read_text().splitlines()
         return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)

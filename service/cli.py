@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -188,17 +187,23 @@ class Supervisor:
 
     def wait_ready(self, url: str, key: str, token: str) -> bool:
         """Poll /readyz until this process's own server answers; False if it exits or is stopped first."""
+        from nnship.probe import wait_ready
+
         assert self.proc is not None
-        while self.proc.poll() is None and self.stop_by is None:
-            req = urllib.request.Request(f"{url}/readyz", headers={"x-api-key": key})
-            try:
-                with urllib.request.urlopen(req, timeout=1) as r:
-                    if r.headers.get(SERVE_TOKEN_HEADER) == token:
-                        return True
-                    raise NnshipError(f"another server answers at {url}; nnship's did not start")
-            except OSError:
-                time.sleep(0.5)
-        return False  # the server exited (it said why) or a stop was asked for
+        proc = self.proc
+
+        def ours(headers: Any) -> None:
+            if headers.get(SERVE_TOKEN_HEADER) != token:
+                raise NnshipError(f"another server answers at {url}; nnship's did not start")
+
+        return wait_ready(
+            f"{url}/readyz",
+            timeout=math.inf,
+            headers={"x-api-key": key},
+            alive=lambda: proc.poll() is None and self.stop_by is None,
+            check=ours,
+            interval=0.5,
+        )  # False: the server exited (it said why) or a stop was asked for
 
     def wait(self) -> int:
         """The server's exit code; past the grace period (plus a margin) its processes are killed."""
@@ -243,7 +248,7 @@ def example_curl(url: str, manifest: Manifest, settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnship.cli import run_guarded
+    from nnship.runner import run_guarded
 
     p = argparse.ArgumentParser(
         prog="nnship serve", description="Serve a model package with BentoML."

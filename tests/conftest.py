@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 # every test process gets its own BentoML home (model store), set before bentoml is imported
@@ -15,7 +16,17 @@ import numpy as np
 import pytest
 import torch
 
+# both are removed when the session ends (remove_session_folders)
+SESSION_FOLDERS = (os.environ["BENTOML_HOME"], os.environ["PROMETHEUS_MULTIPROC_DIR"])
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_session_folders():
+    """The session's model store and metrics folder go when the last test is done."""
+    yield
+    for folder in SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_npz(path, n: int = 200, features: int = 6, classes: int = 3, seed: int = 0):

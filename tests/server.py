@@ -9,11 +9,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from nnship.probe import wait_ready
 
 
 def iris_env(iris_package: dict, **extra: str) -> dict[str, str]:
@@ -38,50 +37,45 @@ def running_server(
     """Yields (base URL, the server's output lines so far — refreshed on each read); `headers` go
     with the readiness poll (an API key when the server protects every route)."""
     port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="nnship-serve-", suffix=".log", delete=False)  # noqa: SIM115
     full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server sets its own
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "nnship.service.service:NnshipService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the server and its workers: one group to kill if they hang
-    )
-    url = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if proc.poll() is not None:
+    with (
+        tempfile.TemporaryDirectory(prefix="nnship-serve-") as tmp,
+        open(Path(tmp) / "serve.log", "w+") as log,
+    ):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "nnship.service.service:NnshipService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the server and its workers: one group to kill if they hang
+        )
+        url = f"http://127.0.0.1:{port}"
+        lines: list[str] = []
+        try:
+            if not wait_ready(
+                f"{url}/readyz", timeout=timeout, headers=headers, alive=lambda: proc.poll() is None
+            ):
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready"
                 raise RuntimeError(
-                    f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}"
+                    f"server {why} in {timeout} s:\n{Path(log.name).read_text()[-3000:]}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", headers=headers, timeout=1).status_code == 200:
-                    lines[:] = Path(log.name).read_text().splitlines()
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(
-                f"server not ready in {timeout} s:\n{Path(log.name).read_text()[-3000:]}"
-            )
-        yield url, lines
-    finally:
-        proc.terminate()  # BentoML drains and stops its workers
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
-        proc.wait()
-        os.unlink(log.name)
+            lines[:] = Path(log.name).read_text().splitlines()
+            yield url, lines
+        finally:
+            proc.terminate()  # BentoML drains and stops its workers
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+            proc.wait()

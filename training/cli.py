@@ -10,7 +10,8 @@ import os
 from nnship.errors import NnshipError
 from nnship.models import ACTIVATIONS, REGISTRY
 from nnship.training.data import BUILTIN
-from nnship.training.train import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig, train
+from nnship.training.recipes import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+from nnship.training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nnship.cli import run_guarded
+    from nnship.runner import run_guarded
 
     p = argparse.ArgumentParser(prog="nnship train", description="Train a network on a data set.")
     add_arguments(p)

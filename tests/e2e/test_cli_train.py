@@ -8,9 +8,8 @@ from pathlib import Path
 
 
 def test_nnship_train_end_to_end(tmp_path):
-    beside = (
-        Path(sys.executable).parent / "nnship"
-    )  # the script installed in this interpreter's env
+    # the script installed in this interpreter's env
+    beside = Path(sys.executable).parent / "nnship"
     exe = str(beside) if beside.exists() else shutil.which("nnship")
     assert exe, "the nnship console script is not installed"
     out = tmp_path / "runs" / "digits"

@@ -116,7 +116,6 @@ def closed_by_peer(sock: socket.socket) -> bool:
     return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
 
 
-@pytest.mark.slow
 def test_keep_alive_clients_are_not_reset_by_the_stop_drain(iris_package, tmp_path):
     """16 clients reusing keep-alive connections through SIGTERM: every request sent is answered
     or its connection refused, none reset; answers after the signal say Connection: close, and an

@@ -32,9 +32,8 @@ def _train(launcher, data, out, env):
 
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
-    data = make_npz(
-        tmp_path / "d.npz", n=200
-    )  # 160 train -> 128 after validation: 4 global batches of 32
+    # 160 train -> 128 after validation: 4 global batches of 32
+    data = make_npz(tmp_path / "d.npz", n=200)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = _train([sys.executable, "-m", "nnship.training"], data, tmp_path / "single", env)
     assert single.returncode == 0, single.stderr

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import httpx
 import psutil
-import pytest
 
+from nnship import probe
 from tests.server import iris_env, running_server
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -55,20 +55,14 @@ def client(url: str, stop: threading.Event, calls: list[Call]) -> None:
             calls.append(Call(start, time.monotonic(), ok))
 
 
-def wait_ready(url: str, bound: float) -> float:
+def ready_at(url: str, bound: float) -> float:
     """Poll /readyz until it answers 200; returns when (monotonic)."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=bound).status_code == 200:
-                return time.monotonic()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not ready again within {bound} s")
+    assert probe.wait_ready(f"{url}/readyz", timeout=bound, interval=0.05), (
+        f"not ready again within {bound} s"
+    )
+    return time.monotonic()
 
 
-@pytest.mark.slow
 def test_kill_9_worker_under_load(iris_package):
     with running_server(iris_env(iris_package, workers="1")) as (url, _):
         server = serve_process(int(url.rsplit(":", 1)[1]))
@@ -84,7 +78,7 @@ def test_kill_9_worker_under_load(iris_package):
         before = len(calls)
         killed = time.monotonic()
         victim.kill()  # SIGKILL
-        ready = wait_ready(url, READY_BOUND_S)
+        ready = ready_at(url, READY_BOUND_S)
         time.sleep(2)
         stop.set()
         for t in threads:

@@ -226,9 +226,8 @@ def _handshake(url: str, path: str, headers: dict[str, str] | None = None) -> tu
     return status, body
 
 
-READERS = (
-    f"127.0.1.{i}" for i in itertools.count(1)
-)  # fresh clients: reads stay under rate limits
+# fresh clients: reads stay under rate limits
+READERS = (f"127.0.1.{i}" for i in itertools.count(1))
 
 
 def _websockets_refused_without_new_series(url: str, key: str | None = None) -> None:

@@ -112,7 +112,6 @@ def read_answer(s: socket.socket) -> tuple[str, int]:
     return ("ok" if len(body.get("predictions", [])) == 1 else "bad"), r.status
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stop_signal_drains_in_flight_requests_and_leaves_no_process(iris_package, tmp_path, sig):
     """Requests in flight at the signal all get complete answers; later ones are refused; the
@@ -190,7 +189,6 @@ def gone_within(procs: list[psutil.Process], port: int, seconds: float) -> bool:
     return True
 
 
-@pytest.mark.slow
 def test_killing_the_wrapper_stops_the_server(iris_package, tmp_path):
     """SIGKILL to `nnship serve` (no handler runs): the kernel stops its server, workers included."""
     proc, port, _ = start_serving(iris_package, tmp_path)
@@ -205,7 +203,6 @@ def test_killing_the_wrapper_stops_the_server(iris_package, tmp_path):
             p.kill()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
 def test_hang_up_and_quit_drain_like_sigterm(iris_package, tmp_path, sig):
     """A closed terminal (SIGHUP) or SIGQUIT: the server drains and the wrapper exits 0."""

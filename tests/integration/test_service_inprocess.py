@@ -15,10 +15,6 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 @pytest.fixture(scope="module")
 def service_app(iris_package):
     """The in-process app on the int8-dynamic variant: the one whose rows couple within a batch."""
-    saved = {k: os.environ.get(k) for k in ("NNSHIP_MODEL", "NNSHIP_THREADS", "NNSHIP_VARIANT")}
-    os.environ["NNSHIP_MODEL"] = f"iris-served:{iris_package['version']}"
-    os.environ["NNSHIP_THREADS"] = "1"
-    os.environ["NNSHIP_VARIANT"] = "int8-dynamic"
     from _bentoml_impl.loader import load
 
     import nnship.service.runtime as runtime
@@ -33,23 +29,19 @@ def service_app(iris_package):
         seen["sizes"] = original(self, max_batch)
         return seen["sizes"]
 
-    runtime.Runtime.warm_up = spy
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NNSHIP_MODEL", f"iris-served:{iris_package['version']}")
+        mp.setenv("NNSHIP_THREADS", "1")
+        mp.setenv("NNSHIP_VARIANT", "int8-dynamic")
+        mp.setattr(runtime.Runtime, "warm_up", spy)
         svc = load("nnship.service.service:NnshipService", standalone_load=True)
         app = svc.to_asgi(is_main=True)
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client, seen, app
-    finally:
-        runtime.Runtime.warm_up = original
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(params=["asgi", "bentoml"])
-def app_client(request, service_app):
+def app_client(request, service_app, monkeypatch):
     """The app with /predict answered by nnship's ASGI endpoint, then by BentoML's API layer."""
     from nnship.service.endpoint import PredictEndpoint
 
@@ -59,19 +51,15 @@ def app_client(request, service_app):
     while not isinstance(layer, PredictEndpoint):
         layer = layer.app
     assert layer.enabled  # the default
-    layer.enabled = request.param == "asgi"
-    try:
-        yield client, {**seen, "route": request.param}
-    finally:
-        layer.enabled = True
+    monkeypatch.setattr(layer, "enabled", request.param == "asgi")
+    yield client, {**seen, "route": request.param}
 
 
 def test_ready_after_warm_up_on_every_bucket(app_client):
     client, seen = app_client
     assert seen["sizes"] == [1, 2, 4, 8, 16, 32, 64, 128]
-    assert (
-        seen["published_during_warm_up"] is False
-    )  # neither /readyz nor /v2 see it before warm-up ends
+    # neither /readyz nor /v2 see the service before warm-up ends
+    assert seen["published_during_warm_up"] is False
     assert client.get("/readyz").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
 
@@ -166,18 +154,15 @@ def test_both_predict_routes_refuse_bad_bodies_alike(service_app, raw):
     assert bentoml_route == fast
 
 
-def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):
+def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client, monkeypatch):
     client, _ = app_client
     from nnship.service.oip import STATE
-
-    rt = STATE.service.runtime
-    original = rt.run
 
     def boom(x):
         raise RuntimeError("simulated kernel failure in /secret/path")
 
-    rt.run = boom
-    try:
+    with monkeypatch.context() as mp:
+        mp.setattr(STATE.service.runtime, "run", boom)
         for path, body in (
             ("/predict", {"inputs": [ROW]}),
             (
@@ -189,8 +174,6 @@ def test_internal_failure_is_a_500_with_request_id_and_no_stack(app_client):
             assert r.status_code == 500, path
             assert r.json() == {"error": "internal error", "request_id": "req-42"}
             assert "Traceback" not in r.text and "secret" not in r.text
-    finally:
-        rt.run = original
     assert client.post("/predict", json={"inputs": [ROW]}).status_code == 200  # still serving
 
 

@@ -4,10 +4,7 @@ import json
 import subprocess
 import sys
 
-import pytest
 
-
-@pytest.mark.slow
 def test_one_minute_soak(iris_package, tmp_path):
     cmd = [
         sys.executable,

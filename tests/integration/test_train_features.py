@@ -91,9 +91,8 @@ def test_resume_from_an_interrupted_runs_snapshot(tmp_path):
     common = dict(model="mlp", dataset="wine", schedule="none", patience=0, seed=2)
     train(TrainConfig(**common, epochs=4, out=str(tmp_path / "straight")))
     train(TrainConfig(**common, epochs=2, out=str(tmp_path / "early")))
-    snap = (
-        tmp_path / "cut.snapshot"
-    )  # what the epoch-2 snapshot of an interrupted 4-epoch run holds
+    # what the epoch-2 snapshot of an interrupted 4-epoch run holds
+    snap = tmp_path / "cut.snapshot"
     snap.mkdir()
     for f in ("training_state.json", "training_state.safetensors"):
         shutil.copy(tmp_path / "early" / f, snap / f)

@@ -124,6 +124,7 @@ def test_control_bytes_in_the_raw_path_are_refused(keyed):
 
 def test_unknown_paths_and_methods_get_the_whole_guard(keyed):
     guard = keyed(rate_limit=1, rate_burst=1)
+    guard.buckets.now = Clock()  # frozen: the second request finds the bucket empty
     assert call(guard, "GET", "/nowhere")[0] == 401
     ok = [("x-api-key", KEY)]
     assert call(guard, "DELETE", "/nowhere", ok)[0] == 200
@@ -226,7 +227,7 @@ def test_retry_after_is_whole_seconds_and_capped(wait, header):
 def test_a_near_empty_bucket_gets_a_capped_retry_after(keyed):
     """A rate so small its wait overflows (1e-320/s; the settings refuse it now) still answers 429."""
     guard = keyed()
-    guard.buckets = TokenBuckets(1e-320, 1)
+    guard.buckets = TokenBuckets(1e-320, 1, now=Clock())
     auth = [("x-api-key", KEY)]
     assert call(guard, "POST", "/predict", auth)[0] == 200
     status, hdrs, body = call(guard, "POST", "/predict", auth)
