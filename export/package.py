@@ -31,7 +31,7 @@ from nnship.export.onnx_export import export_onnx
 from nnship.export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
 from nnship.export.report import write_report
 from nnship.export.variants import VARIANTS, build_variant
-from nnship.io import dir_mode, sha256_file, staged_dir
+from nnship.io import plain_dir_mode, sha256_file, staged_dir
 from nnship.models import RECURRENT, Network
 from nnship.onnxrt import CPU, cpu_session
 from nnship.package import is_package
@@ -392,7 +392,7 @@ def save_to_store(package_dir: Path, manifest: Manifest) -> str:
         ) as bm:
             version = bm.tag.version
             # BentoML stages the entry in a private 0700 folder, whose mode its copy keeps
-            os.chmod(bm.path, dir_mode())
+            os.chmod(bm.path, plain_dir_mode(Path(bm.path).parent))
             for f in package_dir.iterdir():
                 if f.is_file() and f.name != MANIFEST:
                     shutil.copy2(f, bm.path_of(f.name))

@@ -58,9 +58,8 @@ class Preprocess(nn.Module):
             raise ValueError(
                 f"standardize='channel' needs inputs shaped (C, H, W), got {input_shape}"
             )
-        self.register_buffer(
-            "mean", torch.zeros(stat_shape)
-        )  # broadcasts over (B, D), (B, C, H, W), (B, T, F)
+        # broadcasts over (B, D), (B, C, H, W), (B, T, F)
+        self.register_buffer("mean", torch.zeros(stat_shape))
         self.register_buffer("scale", torch.ones(stat_shape))
         self.register_buffer("selected", torch.arange(k, dtype=torch.long))
         n = cfg.pca or 0

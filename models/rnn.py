@@ -74,8 +74,7 @@ class RecurrentNet(nn.Module):
         out, _ = self.rnn(x)  # (B, T, D*H)
         last = out[:, -1, : self.hidden_size]  # forward direction at the last step, (B, H)
         if self.bidirectional:
-            first = out[
-                :, 0, self.hidden_size :
-            ]  # backward direction has read the whole sequence at t=0
+            # backward direction has read the whole sequence at t=0
+            first = out[:, 0, self.hidden_size :]
             last = torch.cat([last, first], dim=1)  # (B, 2H)
         return self.head(last)  # (B, out)

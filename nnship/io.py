@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,39 +62,29 @@ def holds_record(folder: Path, name: str, fmt: str) -> bool:
     return folder.is_dir() and isinstance(record, dict) and record.get("format") == fmt
 
 
-def current_umask() -> int:
-    """The process umask: from /proc where Linux shows it, else by setting it and putting it back.
+def plain_dir_mode(parent: Path) -> int:
+    """The mode a folder created plainly in `parent` gets (0777 less the umask), read by creating one.
 
-    psutil does not expose the umask, and Python can only read it by changing it; /proc reads it
-    without the moment in which a thread creating a file would get the temporary mask."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode a plainly created file gets: 0666 less the umask (0644 under umask 022)."""
-    return 0o666 & ~current_umask()
-
-
-def dir_mode() -> int:
-    """The mode a plainly created folder gets: 0777 less the umask (0755 under umask 022)."""
-    return 0o777 & ~current_umask()
+    Neither Python nor psutil reads the umask without changing it, and changing it, even for a
+    moment, would give a file another thread creates meanwhile the wrong mode."""
+    probe = parent / f".mode-{secrets.token_hex(8)}"
+    os.mkdir(probe, 0o777)
+    try:
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.rmdir()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path over path; the temp file never outlives a failure.
 
-    The file ends with the umask's usual mode, not mkstemp's private 0600."""
+    The temp file is created with mode 0666, which the kernel narrows by the umask, so the file ends
+    with the mode any plainly created file gets (0644 under umask 022), not a private 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(Path(tmp))
-        os.chmod(tmp, file_mode())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -119,9 +111,9 @@ def staged_dir(
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    tmp = final.parent / f".{final.name}.{secrets.token_hex(8)}.partial"
+    os.mkdir(tmp, 0o777)  # narrowed by the umask, as any plainly created folder
     try:
-        os.chmod(tmp, dir_mode())
         yield tmp
         if final.exists() or final.is_symlink():
             if replaceable is None:

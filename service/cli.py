@@ -196,6 +196,7 @@ class Supervisor:
             if headers.get(SERVE_TOKEN_HEADER) != token:
                 raise NnshipError(f"another server answers at {url}; nnship's did not start")
 
+        # False: the server exited (it said why) or a stop was asked for
         return wait_ready(
             f"{url}/readyz",
             timeout=math.inf,
@@ -203,7 +204,7 @@ class Supervisor:
             alive=lambda: proc.poll() is None and self.stop_by is None,
             check=ours,
             interval=0.5,
-        )  # False: the server exited (it said why) or a stop was asked for
+        )
 
     def wait(self) -> int:
         """The server's exit code; past the grace period (plus a margin) its processes are killed."""

@@ -15,9 +15,9 @@ see the request) and when tracing is on (BentoML's layer adds the `x-bentoml-req
 ties a response to its span). Both routes refuse a bad body alike: when BentoML's layer answers, this
 one still reads the body and checks it with the same validator first (unknown fields, a missing
 `inputs`, wrong types and shapes get the same status and body on either route), so BentoML's IO model
-only ever sees valid requests. The exception is BentoML's CORS handling: it must add its headers to
-every answer, refusals included, so then the body goes to BentoML unchecked (and BentoML's IO model
-ignores unknown fields and words its own errors).
+only ever sees valid requests. With BentoML's CORS handling on, a refusal made here is passed through
+Starlette's CORS middleware with BentoML's own CORS options, so it carries the headers BentoML's route
+would have added.
 
 Not a replacement inside BentoML: it is added with the service's `add_asgi_middleware`, so it sits
 behind BentoML's own middleware and in front of its router (tests/unit/test_patches.py checks it).
@@ -31,10 +31,13 @@ from nnship.service.oip import STATE
 from nnship.service.security import replay_body
 
 
-def _cors_enabled() -> bool:
+def _cors_options() -> dict[str, Any] | None:
+    """BentoML's CORS options when its CORS handling is on, else None."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return bool(BentoMLContainer.http.cors.enabled.get())
+    if not BentoMLContainer.http.cors.enabled.get():
+        return None
+    return dict(BentoMLContainer.access_control_options.get())
 
 
 class PredictEndpoint:
@@ -43,14 +46,13 @@ class PredictEndpoint:
     def __init__(self, app: Any, path: str = "/predict", enabled: bool = True) -> None:
         self.app = app
         self.path = path
-        self.check = not _cors_enabled()  # CORS: BentoML must see (and answer) every request
-        self.enabled = enabled and self.check
+        self.cors = _cors_options()  # CORS: BentoML answers, its CORS layer sits behind this one
+        self.enabled = enabled and self.cors is None
 
     async def __call__(self, scope, receive, send) -> None:
         svc = STATE.service  # published once the model is loaded and warmed up
         if (
-            not self.check
-            or svc is None
+            svc is None
             or scope["type"] != "http"
             or scope["method"] != "POST"
             or scope["path"] != self.path
@@ -65,6 +67,10 @@ class PredictEndpoint:
         elif (response := svc.refuse_predict_body(raw)) is None:
             await self.app(scope, replay_body(raw, receive), send)
             return
+        elif self.cors is not None:
+            from starlette.middleware.cors import CORSMiddleware
+
+            response = CORSMiddleware(response, **self.cors)
         await response(scope, receive, send)
 
 

@@ -62,9 +62,8 @@ class Runtime:
         """(N, *input_shape) float32 -> (N, outputs) float32."""
         if not self.on_gpu:
             return self.session.run(None, {"input": x})[0]
-        binding = (
-            self.session.io_binding()
-        )  # inputs copied to the device once, outputs read back once
+        # inputs copied to the device once, outputs read back once
+        binding = self.session.io_binding()
         binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
         binding.bind_output("output", "cuda", 0)
         self.session.run_with_iobinding(binding)

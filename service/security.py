@@ -51,9 +51,8 @@ OPEN = frozenset(
 )
 MAX_CLIENTS = 10_000
 MAX_RETRY_AFTER = 3600  # seconds; a longer wait is announced as this
-REQUEST_ID: ContextVar[str] = ContextVar(
-    "nnship_request_id", default=""
-)  # set for the handlers below
+# set for the handlers below
+REQUEST_ID: ContextVar[str] = ContextVar("nnship_request_id", default="")
 WANTED = frozenset(
     {
         b"x-request-id",

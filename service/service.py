@@ -29,9 +29,8 @@ from nnship.service.settings import SERVE_TOKEN_ENV, Settings
 from nnship.service.validation import RequestError, Validator
 
 log = logging.getLogger(__name__)
-logging.getLogger("nnship.service").setLevel(
-    logging.INFO
-)  # BentoML's server logging keeps other loggers at WARNING
+# BentoML's server logging keeps other loggers at WARNING
+logging.getLogger("nnship.service").setLevel(logging.INFO)
 
 
 try:

@@ -184,8 +184,7 @@ class Settings(BaseSettings):
         "metrics, concurrency limit, timeout and nnship's guard, skipping BentoML's router and "
         "per-API layer (20–40% less CPU per request, see the serving report); `bentoml`: through "
         "BentoML's API layer, which is also what answers whenever BentoML's CORS or "
-        "`NNSHIP_TRACING` is on. Bad bodies get the same answer either way (with CORS on, BentoML "
-        "words its own)",
+        "`NNSHIP_TRACING` is on. Bad bodies get the same answer either way",
     )
 
     @classmethod

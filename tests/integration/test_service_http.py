@@ -341,3 +341,41 @@ def test_hostile_bodies_get_4xx_never_5xx(server, iris_package):
         assert r.status_code == 200, r.text
     else:
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "finite_output", r.text
+
+
+def test_cors_route_refuses_like_the_fast_route_and_adds_cors_headers(
+    server, iris_package, tmp_path
+):
+    """With BentoML's CORS on, BentoML's route answers /predict: bad bodies still get the fast
+    route's status and body, and every answer carries the CORS headers BentoML's config asks for."""
+    origin = "https://app.example"
+    config = tmp_path / "bentoml.yaml"
+    config.write_text(
+        "api_server:\n  http:\n    cors:\n      enabled: true\n"
+        f"      access_control_allow_origins: ['{origin}']\n"
+        "      access_control_allow_methods: ['POST']\n"
+    )
+    fast_url, _ = server
+    bodies = [
+        '{"inputs": [[5.1, 3.5, 1.4, 0.2]], "extra": 1}',
+        '{"rows": [[5.1, 3.5, 1.4, 0.2]]}',
+        '{"inputs": [[5.1, 3.5, 1.4]]}',
+        '{"inputs": "x"}',
+        '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}',
+    ]
+    with running_server({**iris_env(iris_package), "BENTOML_CONFIG": str(config)}) as (url, _):
+        for raw in bodies:
+            answers = [
+                httpx.post(
+                    f"{u}/predict",
+                    content=raw,
+                    headers={"content-type": "application/json", "origin": origin},
+                    timeout=30,
+                )
+                for u in (fast_url, url)
+            ]
+            fast, cors = answers
+            assert cors.status_code == fast.status_code, raw
+            assert cors.json() == fast.json(), raw
+            assert cors.headers.get("access-control-allow-origin") == origin, raw
+    assert [a.status_code for a in answers] == [200, 200]  # the last body is valid

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from nnship.errors import NnshipError
-from nnship.io import atomic_write_json, current_umask, staged_dir
+from nnship.io import atomic_write_json, plain_dir_mode, staged_dir
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -21,7 +21,7 @@ def _mode(path):
 
 
 def test_modes_follow_the_umask(tmp_path, umask):
-    assert current_umask() == umask
+    assert plain_dir_mode(tmp_path) == 0o777 & ~umask
     with staged_dir(tmp_path / "run") as tmp:
         atomic_write_json(tmp / "a.json", {"x": 1})
         (tmp / "sub").mkdir()
