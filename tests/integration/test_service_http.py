@@ -350,10 +350,10 @@ def test_cors_route_refuses_like_the_fast_route_and_adds_cors_headers(
     route's status and body, and every answer carries the CORS headers BentoML's config asks for."""
     origin = "https://app.example"
     config = tmp_path / "bentoml.yaml"
-    config.write_text(
-        "api_server:\n  http:\n    cors:\n      enabled: true\n"
-        f"      access_control_allow_origins: ['{origin}']\n"
-        "      access_control_allow_methods: ['POST']\n"
+    config.write_text(  # BentoML 1.4 reads http settings per service
+        "services:\n  nnship:\n    http:\n      cors:\n        enabled: true\n"
+        f"        access_control_allow_origins: ['{origin}']\n"
+        "        access_control_allow_methods: ['POST']\n"
     )
     fast_url, _ = server
     bodies = [
@@ -369,7 +369,11 @@ def test_cors_route_refuses_like_the_fast_route_and_adds_cors_headers(
                 httpx.post(
                     f"{u}/predict",
                     content=raw,
-                    headers={"content-type": "application/json", "origin": origin},
+                    headers={
+                        "content-type": "application/json",
+                        "origin": origin,
+                        "x-request-id": "same",
+                    },
                     timeout=30,
                 )
                 for u in (fast_url, url)
