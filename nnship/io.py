@@ -78,13 +78,16 @@ def plain_dir_mode(parent: Path) -> int:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path over path; the temp file never outlives a failure.
 
-    The temp file is created with mode 0666, which the kernel narrows by the umask, so the file ends
-    with the mode any plainly created file gets (0644 under umask 022), not a private 0600."""
+    The temp file is created with mode 0666, which the kernel narrows by the umask; that mode is put
+    back after `write` (some writers replace the file with a private one), so the file ends with the
+    mode any plainly created file gets (0644 under umask 022), not 0600."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
