@@ -29,7 +29,7 @@ demo: setup  ## train the default model (cnn on digits), export and optimize it,
 test: setup  ## the whole test suite
 	$(BIN)/python -m pytest tests
 
-test-fast: setup  ## the unit tier alone (no training, no servers, no subprocesses): under a minute
+test-fast: setup  ## the unit tier alone (no training, no servers): under a minute
 	$(BIN)/python -m pytest tests/unit
 
 lint: setup
