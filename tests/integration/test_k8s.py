@@ -18,7 +18,7 @@ from nnship.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-KUBERNETES = "1.31.0"  # the oldest release the manifests target (preStop `sleep` is GA-bound there)
+KUBERNETES = "1.31.0"  # the release validated against (the preStop `sleep` action is on from 1.30)
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator kinds: no schema in the API
 KINDS = {
     "Deployment",

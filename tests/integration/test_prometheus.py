@@ -25,6 +25,9 @@ FAR = [50.0, 3.5, 1.4, 0.2]  # sepal length far outside the training range
 VALID, OUTSIDE, WRONG_SHAPE, NOT_JSON = 12, 3, 4, 2  # requests of each kind
 
 promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus not installed (.ci/run installs it)"
+)
 
 
 @promtool
@@ -93,11 +96,6 @@ def test_the_dashboard_is_provisioning_ready():
     ):
         assert family in metrics, family
     assert "id" not in dash and "uid" in dash  # provisioned dashboards carry a uid, not an id
-
-
-needs_prometheus = pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="prometheus not installed (.ci/run installs it)"
-)
 
 
 @pytest.fixture(scope="module")
