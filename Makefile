@@ -10,7 +10,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench soak fuzz clean
+.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench soak fuzz k8s-rules clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,9 @@ soak: setup  ## ~50% of capacity for 10 minutes: worker RSS and event-loop lag -
 
 fuzz: setup  ## schemathesis against /docs.json of a tiny served model -> reports/fuzz.md
 	$(BIN)/python -m nnship.loadtests.fuzz --max-examples 100
+
+k8s-rules: setup  ## deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/*.rules.yml
+	$(BIN)/python deploy/k8s/prometheusrule.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
