@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 SERVICE = "nnship.service.service:NnshipService"
 BENTO_NAME = "nnship"
-# what the serving path imports (nnship/ and service/); kept in step with pyproject.toml
+# what the serving path imports (nnship/ and service/), kept in step with pyproject.toml and bentofile.yaml
 SERVING_REQUIREMENTS = (
     "bentoml==1.4.40",
     "onnxruntime>=1.20",
+    "onnx>=1.17",  # reads the graph for operators that couple rows of a batch
     "numpy>=1.26",
     "pydantic>=2",
     "pydantic-settings>=2.4",
