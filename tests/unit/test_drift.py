@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnship.service.drift import FLOOR, LEVELS, QUANTILES, DriftWindow, bin_edges, bins_of, psi
+from nnship.service.drift import (
+    FLOOR,
+    LEVELS,
+    MAX_FEATURES,
+    QUANTILES,
+    DriftMonitor,
+    DriftWindow,
+    bin_edges,
+    bins_of,
+    monitored,
+    psi,
+)
+from tests.manifests import manifest
 
 
 def quantiles_of(train: np.ndarray) -> list[dict[str, float]]:
@@ -81,3 +93,32 @@ def test_tied_and_missing_quantiles_merge_bins():
     zeros = psi(np.array([[1.0, 0, 0, 0, 0, 0]]), expected[:1])
     moved = psi(np.array([[0.0, 0, 0, 0, 0, 1.0]]), expected[:1])
     assert zeros[0] < 0.05 < 1.0 < moved[0]
+
+
+class Gauge:
+    """A stand-in for a prometheus gauge child: remembers the last value set."""
+
+    value = None
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+def test_which_models_are_monitored():
+    assert monitored(manifest(shape=(4,)))
+    assert monitored(manifest(family="lstm", shape=(10, 3)))
+    assert not monitored(manifest(family="cnn", shape=(1, 8, 8), feats=64))
+    assert not monitored(manifest(shape=(MAX_FEATURES + 1,)))
+
+
+def test_sequence_steps_count_as_rows_and_nothing_is_published_before_the_window_fills():
+    m = manifest(family="gru", shape=(5, 2), low=0.0, high=10.0)  # q50 = 5 only: two bins
+    gauges = [Gauge(), Gauge()]
+    monitor = DriftMonitor(m, size=20, gauges=gauges)
+    rows = np.tile(np.array([[4.0, 9.0], [6.0, 9.0]], dtype=np.float32), (3, 1, 1))  # (3, 2, 2)
+    monitor.observe(rows[:, :1])  # 3 steps
+    assert gauges[0].value is None
+    monitor.observe(np.concatenate([rows] * 3))  # 18 more steps: the window of 20 is full
+    assert monitor.window.filled == 20
+    assert gauges[0].value < 0.02  # 11 of the last 20 steps below q50, 9 above
+    assert gauges[1].value > 1.0  # every step above q50
