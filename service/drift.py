@@ -29,6 +29,7 @@ LEVELS = np.array([0.01, 0.05, 0.25, 0.50, 0.75, 0.95, 0.99])
 # the smallest share a bin is given: an empty 1% tail bin in a small window is sampling noise, not
 # drift (with 1e-4 it alone would add 0.05 to the index); a real shift still scores above 1
 FLOOR = 0.01
+PUBLISH_PARTS = 20  # rows enter the window (and the gauges are refreshed) 1/20 of it at a time
 
 
 def bin_edges(quantiles: list[dict[str, float | None]]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,7 @@ class DriftWindow:
         self.counts = np.zeros((features, bins), dtype=np.int64)
         self.filled = 0  # rows held, up to size
         self.head = 0  # next ring slot to write
-        self._columns = np.arange(features)[:, None]
+        self._offsets = (np.arange(features) * bins)[:, None]  # feature f's bins start at f * B
 
     def add(self, x: np.ndarray) -> None:
         """Add (N, F) rows, evicting the oldest beyond the window's size."""
@@ -93,11 +94,18 @@ class DriftWindow:
         new = bins_of(x, self.edges)
         slots = (self.head + np.arange(len(new))) % self.size
         held = self.ring[slots][(slots < self.filled) | (self.filled == self.size)]
-        np.subtract.at(self.counts, (np.broadcast_to(self._columns, held.shape), held), 1)
+        self.counts -= self._tally(held)
         self.ring[slots] = new
-        np.add.at(self.counts, (np.broadcast_to(self._columns, new.shape), new), 1)
+        self.counts += self._tally(new)
         self.filled = min(self.size, self.filled + len(new))
         self.head = int((self.head + len(new)) % self.size)
+
+    def _tally(self, bins: np.ndarray) -> np.ndarray:
+        """(N, F, 2) bin indices -> (F, B) counts, one bincount over all features at once."""
+        size = self.counts.size
+        return np.bincount((bins + self._offsets).ravel(), minlength=size).reshape(
+            self.counts.shape
+        )
 
     def psi(self) -> np.ndarray:
         """(F,) PSI of the rows in the window against the training shares."""
@@ -112,12 +120,21 @@ class DriftMonitor:
         quantiles = [s.quantiles.model_dump() for s in manifest.input.stats]
         self.window = DriftWindow(*bin_edges(quantiles), size)
         self.gauges = gauges
+        self.every = max(1, size // PUBLISH_PARTS)
+        self.pending: list[np.ndarray] = []  # batches not yet in the window
+        self.pending_rows = 0
 
     def observe(self, x: np.ndarray) -> None:
-        """Add a batch's rows (time steps for sequence models); once the window is full, publish
-        its PSI (a part-filled window is too small a sample to judge)."""
+        """Queue a batch's rows (time steps for sequence models); each time 1/PUBLISH_PARTS of the
+        window has arrived, add them to it in one pass and, once the window is full, publish its
+        PSI (a part-filled window is too small a sample to judge; a 1-row batch costs an append)."""
         rows = x.reshape(-1, x.shape[-1]) if self.sequence else x.reshape(len(x), -1)
-        self.window.add(rows)
+        self.pending.append(rows)
+        self.pending_rows += len(rows)
+        if self.pending_rows < self.every:
+            return
+        self.window.add(np.concatenate(self.pending) if len(self.pending) > 1 else rows)
+        self.pending, self.pending_rows = [], 0
         if self.window.filled < self.window.size:
             return
         for gauge, value in zip(self.gauges, self.window.psi().tolist(), strict=True):
