@@ -21,8 +21,8 @@ def drift(url: str) -> dict[str, float]:
     }
 
 
-def send(url: str, rows: np.ndarray) -> None:
-    for chunk in np.array_split(rows, 5):  # several requests: batches of several sizes
+def send(url: str, rows: np.ndarray, requests: int = 5) -> None:
+    for chunk in np.array_split(rows, requests):
         r = httpx.post(f"{url}/predict", json={"inputs": chunk.tolist()}, timeout=30)
         assert r.status_code == 200, r.text
 
@@ -35,7 +35,7 @@ def test_shifted_inputs_raise_the_drift_gauge(iris_package):
     with running_server(iris_env(iris_package, drift_window=str(WINDOW))) as (url, _):
         send(url, real[: WINDOW - 10])
         assert drift(url) == {}  # a part-filled window publishes nothing
-        send(url, real[WINDOW - 10 :])
+        send(url, real[WINDOW - 10 :], requests=1)  # rows enter the window 1/20 of it at a time
         unshifted = drift(url)
         assert set(unshifted) == set(features)
         assert max(unshifted.values()) < THRESHOLD, unshifted
