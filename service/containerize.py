@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from nnship.errors import NnshipError
@@ -113,8 +114,20 @@ def context(folder: Path, package: Path, reqs: list[str]) -> None:
     shutil.copytree(
         wheelhouse(reqs), wheels, copy_function=os.link, ignore=lambda *_: [".complete"]
     )
-    pip(["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)])
+    nnship_wheel(folder / "nnship-src", wheels)
     shutil.copytree(package, folder / "model")
+
+
+def nnship_wheel(src: Path, wheels: Path) -> None:
+    """nnship's own wheel, built from a copy of its sources (the checkout gets no build/ folder)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", *folders):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, src / name)
+    pip(["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(src)])
+    shutil.rmtree(src)
 
 
 def containerize(
