@@ -89,6 +89,9 @@ def test_metrics_user_torch_and_health(container):
     assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
     no_torch = podman("exec", name, "python3", "-c", "import torch", check=False)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    tools = "for t in gcc cc make pip pip3 apt-get; do command -v $t; done; true"
+    found = podman("exec", name, "sh", "-c", tools).stdout.split()
+    assert found == ["/usr/bin/apt-get"], found  # Debian's own tool only: no compiler, no pip
     touch = podman("exec", name, "touch", "/opt/nnship/x", check=False)
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr
     assert podman("healthcheck", "run", name, check=False).returncode == 0
