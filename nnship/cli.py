@@ -21,6 +21,11 @@ SUBCOMMANDS = {
         "nnship.service.cli",
         "serve a model package over HTTP with BentoML and ONNX Runtime",
     ),
+    "build": ("nnship.service.build", "build a Bento holding the service and a stored model"),
+    "containerize": (
+        "nnship.service.containerize",
+        "build an OCI serving image (ONNX Runtime, no torch) with Podman or Docker",
+    ),
     "loadtest": (
         "nnship.loadtests.slo",
         "load-test a running service with Locust and gate on an SLO",

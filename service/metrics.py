@@ -34,6 +34,12 @@ OUT_OF_RANGE = Counter(
     "Input values outside the training range, by feature",
     ["model", "feature"],
 )
+FEATURE_DRIFT = Gauge(
+    "nnship_feature_drift_psi",
+    "Population stability index of the latest window of inputs against the training quantiles",
+    ["feature"],
+    multiprocess_mode="mostrecent",  # each worker's own window; the latest published value wins
+)
 MODEL_INFO = Gauge(
     "nnship_model_info",
     "The model being served",

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from nnship.contracts import MANIFEST, read_manifest
 from nnship.errors import NnshipError
 from nnship.numeric import softmax
-from nnship.service import lifecycle, looplag, metrics, patches
+from nnship.service import drift, lifecycle, looplag, metrics, patches
 from nnship.service.batching import AdaptiveBatcher, Overloaded
 from nnship.service.endpoint import PredictEndpoint
 from nnship.service.oip import STATE, oip_app
@@ -125,6 +125,10 @@ class NnshipService:
             model=self.model, variant=self.runtime.variant, provider=self.runtime.provider
         )
         self._batch_rows = metrics.BATCH_SIZE.labels(model=self.model, variant=self.runtime.variant)
+        self._drift = None
+        if SETTINGS.drift_window and drift.monitored(m):
+            gauges = [metrics.FEATURE_DRIFT.labels(feature=f) for f in m.input.feature_names]
+            self._drift = drift.DriftMonitor(m, SETTINGS.drift_window, gauges)
         sizes = self.runtime.warm_up(SETTINGS.max_batch_size)
         log.info("warmed up on batch sizes %s", sizes)
         gc.collect()
@@ -157,6 +161,8 @@ class NnshipService:
         out = self.runtime.run(x)
         self._infer_seconds.observe(time.perf_counter() - t)
         self._batch_rows.observe(len(x))
+        if self._drift is not None:  # after the answer is computed, still off the event loop
+            self._drift.observe(x)
         return out
 
     async def infer_checked(

@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     range_margin: float = bounded(
         0.1, 0.0, 100.0, "tolerance outside the training [min, max], as a fraction of the range"
     )
+    drift_window: int = bounded(
+        1000,
+        0,
+        100_000,
+        "rows per worker whose per-feature population stability index against the training "
+        "quantiles is published as `nnship_feature_drift_psi` once the window is full (tabular and "
+        "sequence models); 0: off, else at least 50",
+        smallest=50,
+    )
     require_gpu: bool = Field(False, description="fail start-up unless CUDA really runs the model")
     tensorrt: bool = Field(False, description="try TensorRT before CUDA")
     tracing: bool = Field(

@@ -134,7 +134,9 @@ def test_runs_locked_down_with_the_key_from_a_secret(overlay):
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert env(c)[Settings().api_key_env]["valueFrom"]["secretKeyRef"]["name"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert {"/tmp", "/home/bentoml/prometheus_multiproc_dir"} <= mounts
+    assert mounts == {"/tmp"}  # the serving image writes only there (HOME, BENTOML_HOME)
+    containerfile = (ROOT / "deploy" / "container" / "Containerfile").read_text()
+    assert "HOME=/tmp" in containerfile and "BENTOML_HOME=/tmp/" in containerfile
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert all("emptyDir" in volumes[m["name"]] for m in c["volumeMounts"])
     for kind in ("requests", "limits"):
