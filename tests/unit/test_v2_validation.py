@@ -1,7 +1,7 @@
 """v2 requests: requested outputs, and size checks that come before any value is looked at."""
 
 import json
-import time
+import math
 
 import pytest
 
@@ -22,6 +22,17 @@ def body(data, shape=(1, 4), outputs=None, **tensor):
     if outputs is not None:
         b["outputs"] = [{"name": n} for n in outputs]
     return b
+
+
+class Counted(list):
+    """A list that counts the items anyone iterates over: how much of the data the check read."""
+
+    seen = 0
+
+    def __iter__(self):
+        for item in super().__iter__():
+            self.seen += 1
+            yield item
 
 
 def refused(value):
@@ -66,19 +77,17 @@ def test_data_nested_as_the_shape_or_flat():
     ids=["strings", "rows", "empty-lists", "too-many-rows", "rank"],
 )
 def test_sizes_are_checked_before_values(data, shape, rule):
-    value = body(data, shape=shape)
-    t = time.perf_counter()
-    e = refused(value)
-    took = time.perf_counter() - t
+    data = Counted(data)
+    e = refused(body(data, shape=shape))
     assert e.rule == rule and e.status == 400
-    assert took < 0.005, f"{took * 1000:.1f} ms to refuse"
+    # the walk stops one item past what the shape holds (or never starts): bounded by the shape
+    assert data.seen <= math.prod(shape) + 1, f"read {data.seen} of {len(data)} items"
 
 
 def test_bad_datatype_refused_before_data():
-    value = body(["x"] * 1_000_000, datatype="FP64")
-    t = time.perf_counter()
-    e = refused(value)
-    assert e.rule == "datatype" and time.perf_counter() - t < 0.005
+    data = Counted(["x"] * 1_000_000)
+    e = refused(body(data, datatype="FP64"))
+    assert e.rule == "datatype" and data.seen == 0
     long_name = refused(body([1, 2, 3, 4], name="n" * 100_000))
     assert long_name.rule == "input_name" and len(long_name.message) < 200
 
@@ -91,10 +100,8 @@ def test_bodies_larger_than_any_valid_request_are_not_parsed():
         json.dumps({"inputs": [[-1.2345678901234567e-30] * 4] * 64}).encode()
     ).size
     too_big = b"[" * V.max_body + b"]" * V.max_body
-    t = time.perf_counter()
     with pytest.raises(RequestError) as e:
-        V.parse(too_big)
-    assert time.perf_counter() - t < 0.001
+        V.parse(too_big)  # parsing it would fail otherwise: nested deeper than JSON parsers allow
     assert (e.value.status, e.value.reason, e.value.rule) == (
         413,
         "body_too_large",
