@@ -21,6 +21,10 @@ SUBCOMMANDS = {
         "nnship.service.cli",
         "serve a model package over HTTP with BentoML and ONNX Runtime",
     ),
+    "predict": (
+        "nnship.batch.cli",
+        "run a model package over files of rows into a file of predictions",
+    ),
     "loadtest": (
         "nnship.loadtests.slo",
         "load-test a running service with Locust and gate on an SLO",

@@ -1,0 +1,379 @@
+"""A batch job: input files -> validated blocks -> ONNX Runtime -> output parts in a hidden staging
+folder beside the output, with a job record and a log of completed parts; `--resume` continues a
+killed job from its last completed part, and the output appears only when complete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from nnship.batch import sinks
+from nnship.batch.engine import CPU_BATCH, GPU_BATCH, Engine, open_runtime, output_names
+from nnship.batch.pipeline import Consumer, Prefetch
+from nnship.batch.rows import (
+    Checked,
+    Reject,
+    check_array,
+    check_columns,
+    check_nested,
+    check_records,
+    column_names,
+)
+from nnship.batch.sources import Block, Spec, input_files, read_blocks, total_rows
+from nnship.errors import NnshipError
+from nnship.io import atomic_write, atomic_write_json, sha256_file
+from nnship.service.validation import Validator
+
+log = logging.getLogger(__name__)
+
+JOB_FORMAT = "nnship.batch-job/1"
+JOB, LOG, PARTS, REJECTS = "job.json", "parts.log", "parts", "rejects"
+PART_ROWS = 65536
+
+
+@dataclass
+class Options:
+    """Everything `nnship predict` takes."""
+
+    package: str
+    input: str
+    output: Path
+    engine: str = "local"
+    batch_size: int = 0  # 0: 1024 on the CPU, 8192 on a GPU
+    variant: str = "auto"
+    keep: list[str] = field(default_factory=list)
+    rejects: Path | None = None
+    max_reject_fraction: float = 1.0
+    resume: bool = False
+    threads: int = 0  # 0: all cores
+    part_rows: int = PART_ROWS
+    format: str | None = None
+    overwrite: bool = False
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+
+
+@dataclass
+class Summary:
+    """The figures a job ends with (printed as one JSON line)."""
+
+    rows: int = 0
+    predicted: int = 0
+    rejects: int = 0
+    rows_per_s: float = 0.0
+    wall_s: float = 0.0
+    variant: str = ""
+    provider: str = ""
+    batch_size: int = 0
+    parts: int = 0
+    resumed_parts: int = 0
+    output: str = ""
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.rows += entry["rows"]
+        self.predicted += entry["predicted"]
+        self.rejects += entry["rejects"]
+        self.parts += 1
+
+
+def staging_dir(output: Path) -> Path:
+    """The hidden folder beside the output where a job builds it."""
+    return output.parent / f".{output.name}.nnship-job"
+
+
+def _check_options(o: Options) -> None:
+    if o.batch_size < 0:
+        raise NnshipError(f"--batch-size {o.batch_size}: must be at least 1")
+    if o.part_rows < 1:
+        raise NnshipError(f"--part-rows {o.part_rows}: must be at least 1")
+    if not 0.0 <= o.max_reject_fraction <= 1.0 or math.isnan(o.max_reject_fraction):
+        raise NnshipError(f"--max-reject-fraction {o.max_reject_fraction}: must be in [0, 1]")
+    if o.threads < 0:
+        raise NnshipError(f"--threads {o.threads}: must be 0 (all cores) or more")
+    if o.engine not in ("local", "ray"):
+        raise NnshipError(f"--engine {o.engine}: local or ray")
+
+
+def _fingerprint(o: Options, files: list[Path], runtime: Any, batch_size: int, fmt: str) -> dict:
+    """What makes a job's output what it is: a resumed job must match it exactly."""
+    m = runtime.manifest
+    return {
+        "format": JOB_FORMAT,
+        "package": {
+            "model": m.model,
+            "version": m.version,
+            "manifest_sha256": sha256_file(runtime.package.path / "manifest.json"),
+            "variant": runtime.variant,
+            "variant_sha256": runtime.sha256,
+            "provider": runtime.provider,
+        },
+        "inputs": [
+            {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for p in files
+        ],
+        "options": {
+            "batch_size": batch_size,
+            "part_rows": o.part_rows,
+            "keep": o.keep,
+            "format": fmt,
+            "output": str(o.output.resolve()),
+            "rejects": str(o.rejects.resolve()) if o.rejects else None,
+        },
+    }
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = [("package", "the package or variant"), ("inputs", "the input files"), ("options", "")]
+    out = []
+    for key, what in keys:
+        if old.get(key) != new.get(key):
+            if key == "options":
+                changed = [k for k in new[key] if old.get(key, {}).get(k) != new[key][k]]
+                out.append("options " + ", ".join(changed))
+            else:
+                out.append(what)
+    return out
+
+
+def _read_log(stage: Path) -> dict[int, dict[str, Any]]:
+    """Completed parts whose file is intact (a torn last line or a damaged part is redone)."""
+    done: dict[int, dict[str, Any]] = {}
+    path = stage / LOG
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        part = stage / PARTS / entry["file"]
+        if part.is_file() and sha256_file(part) == entry["sha256"]:
+            done[entry["part"]] = entry
+    return done
+
+
+def _prepare(stage: Path, fingerprint: dict, resume: bool) -> dict[int, dict[str, Any]]:
+    """The staging folder: continued when resuming the same job, else started afresh."""
+    job = stage / JOB
+    if stage.exists():
+        try:
+            old = json.loads(job.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict) or old.get("format") != JOB_FORMAT:
+            raise NnshipError(f"{stage} exists and is not an nnship job's staging folder")
+        if resume:
+            changed = _differences(old, fingerprint)
+            if changed:
+                raise NnshipError(
+                    f"--resume: {', '.join(changed)} changed since the job began; "
+                    "run without --resume to start afresh"
+                )
+            done = _read_log(stage)
+            log.info("resuming: %d completed parts kept", len(done))
+            return done
+        log.info("an unfinished job's staging folder is replaced (use --resume to continue it)")
+        shutil.rmtree(stage)
+    elif resume:
+        log.info("--resume: no unfinished job for this output; starting afresh")
+    (stage / PARTS).mkdir(parents=True)
+    (stage / REJECTS).mkdir()
+    atomic_write_json(job, fingerprint)
+    return {}
+
+
+def _kept(block: Block, valid: np.ndarray) -> dict[str, pa.Array]:
+    out = {}
+    for name, col in block.keep.items():
+        try:
+            array = col if isinstance(col, pa.Array | pa.ChunkedArray) else pa.array(col)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise NnshipError(f"{block.file}: --keep {name}: values of mixed types ({e})") from e
+        out[name] = array.take(pa.array(valid, type=pa.int64()))
+    return out
+
+
+def check_block(block: Block, spec: Spec, validator: Validator) -> Checked:
+    """A block's valid rows and rejects, by the kind of rows it holds."""
+    file = str(block.file)
+    if block.kind == "columns":
+        return check_columns(block.features, spec.columns, spec.shape, file, block.numbers)
+    if block.kind == "records":
+        return check_records(block.features, spec.columns, spec.shape, file, block.numbers)
+    if block.kind == "arrays":
+        return check_nested(block.features, validator, file, block.numbers)
+    checked = check_array(block.features, file, block.numbers)
+    seq = block.features.shape[1] if spec.sequence else 0
+    if seq and not 1 <= seq <= validator.max_seq:
+        rule = f"sequence length {seq} is outside [1, {validator.max_seq}]"
+        return _all_rejected(block, "sequence_length", rule)
+    return checked
+
+
+def _all_rejected(block: Block, rule: str, message: str) -> Checked:
+    rejects = [Reject(str(block.file), int(n), "input", rule, message) for n in block.numbers]
+    return Checked(block.rows, np.zeros(0, dtype=np.int64), [], rejects)
+
+
+def _progress(enabled: bool | None, total: int | None) -> Progress:
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return Progress(
+        TextColumn("[bold]predict"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} rows"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    )
+
+
+def _finish(o: Options, stage: Path, entries: list[dict[str, Any]], fmt: str, single: bool) -> None:
+    """The rejects file, then the output, renamed into place complete; the staging folder goes."""
+    if o.rejects is not None:
+        files = [stage / REJECTS / e["rejects_file"] for e in entries]
+        atomic_write(o.rejects, lambda tmp: sinks.concatenate(files, tmp))
+    parts = [stage / PARTS / e["file"] for e in entries]
+    if single:
+        built = stage / f"output{sinks.EXTENSION[fmt]}"
+        if fmt == "parquet":
+            sinks.assemble_parquet(parts, built)
+        else:
+            head = sinks.csv_header(entries[0]["columns"]) if fmt == "csv" else b""
+            sinks.concatenate(parts, built, head)
+    else:
+        built = stage / PARTS
+    if o.output.is_dir() and not o.output.is_symlink():
+        old = stage / "replaced"
+        os.replace(o.output, old)
+    os.replace(built, o.output)
+    shutil.rmtree(stage)
+
+
+def predict(o: Options) -> Summary:
+    """Run a batch job to completion (or continue it with o.resume) and return its summary."""
+    began = time.perf_counter()
+    _check_options(o)
+    files = input_files(o.input)
+    fmt, single = sinks.output_format(o.output, o.format)
+    if (o.output.exists() or o.output.is_symlink()) and not o.overwrite:
+        raise NnshipError(f"{o.output} already exists; pass --overwrite to replace it")
+    if o.engine == "ray":
+        from nnship.batch.ray_engine import require_ray
+
+        require_ray()
+    runtime = open_runtime(o.package, o.variant, o.threads)
+    m = runtime.manifest
+    batch_size = o.batch_size or (GPU_BATCH if runtime.on_gpu else CPU_BATCH)
+    validator = Validator(m, max_rows=1)
+    spec = Spec(column_names(m), tuple(m.input.shape), m.takes_sequences, list(o.keep))
+    clash = sorted(set(o.keep) & set(output_names(runtime)))
+    if clash:
+        raise NnshipError(f"--keep {clash[0]}: the output has a column of that name")
+    engine = Engine(runtime, batch_size, validator)
+    stage = staging_dir(o.output)
+    done = _prepare(stage, _fingerprint(o, files, runtime, batch_size, fmt), o.resume)
+    summary = Summary(
+        variant=runtime.variant,
+        provider=runtime.provider,
+        batch_size=batch_size,
+        output=str(o.output),
+        resumed_parts=len(done),
+    )
+    totals = [total_rows(f) for f in files]
+    total = None if None in totals else sum(totals)
+    entries: dict[int, dict[str, Any]] = dict(done)
+    with _progress(o.progress, total) as bar, open(stage / LOG, "a") as journal:
+        task = bar.add_task("predict", total=total, rate="")
+        started = time.perf_counter()
+
+        def write(item: tuple[int, pa.Table, list[dict[str, Any]], int]) -> None:
+            index, table, rejects, rows = item
+            name = f"part-{index:05d}{sinks.EXTENSION[fmt]}"
+            part = sinks.write_table(table, stage / PARTS / name, fmt, header=not single)
+            rname = f"rejects-{index:05d}.jsonl"
+            sinks.write_rejects(rejects, stage / REJECTS / rname)
+            entry = {
+                "part": index,
+                "file": name,
+                "sha256": sha256_file(part),
+                "rejects_file": rname,
+                "rows": rows,
+                "predicted": table.num_rows,
+                "rejects": len(rejects),
+                "columns": table.column_names,
+            }
+            journal.write(json.dumps(entry) + "\n")
+            journal.flush()
+            entries[index] = entry
+            bar.advance(task, rows)
+            elapsed = time.perf_counter() - started
+            bar.update(task, rate=f"{bar.tasks[0].completed / max(elapsed, 1e-9):,.0f} rows/s")
+
+        def blocks() -> Iterator[tuple[int, Block, Checked | None]]:
+            index = 0
+            for f in files:
+                for block in read_blocks(f, spec, o.part_rows):
+                    checked = None if index in done else check_block(block, spec, validator)
+                    yield index, block, checked
+                    index += 1
+
+        writer = Consumer(write)
+        try:
+            with Prefetch(blocks()) as items:
+                for index, block, checked in items:
+                    if checked is None:
+                        summary.add(done[index])
+                        bar.advance(task, done[index]["rows"])
+                        continue
+                    entry = {"rows": checked.rows, "predicted": len(checked.valid)}
+                    summary.add({**entry, "rejects": len(checked.rejects)})
+                    _check_rejects(o, summary, checked)
+                    logits, flags = engine.outputs(checked)
+                    table = engine.table(checked, _kept(block, checked.valid), logits, flags)
+                    records = [r.record() for r in checked.rejects]
+                    writer.put((index, table, records, checked.rows))
+        finally:
+            writer.close()
+    if not entries:
+        raise NnshipError(f"{o.input}: the input holds no rows")
+    _finish(o, stage, [entries[i] for i in sorted(entries)], fmt, single)
+    summary.wall_s = round(time.perf_counter() - began, 3)
+    summary.rows_per_s = round(summary.rows / max(summary.wall_s, 1e-9), 1)
+    log.info(
+        "predicted %d rows (%d rejected) into %s", summary.predicted, summary.rejects, o.output
+    )
+    return summary
+
+
+def _check_rejects(o: Options, summary: Summary, checked: Checked) -> None:
+    """Stop once the rejected fraction of the rows so far passes --max-reject-fraction."""
+    if summary.rows and summary.rejects / summary.rows > o.max_reject_fraction:
+        first = checked.rejects[0] if checked.rejects else None
+        example = (
+            f"; e.g. {first.file} row {first.row}: {first.field}: {first.message} ({first.rule})"
+            if first
+            else ""
+        )
+        raise NnshipError(
+            f"{summary.rejects} of {summary.rows} rows rejected ({summary.rejects / summary.rows:.1%}), "
+            f"more than --max-reject-fraction {o.max_reject_fraction}{example}"
+        )
+
+
+def summary_line(summary: Summary) -> str:
+    """The summary as one JSON line."""
+    return json.dumps(asdict(summary))
