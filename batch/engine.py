@@ -67,6 +67,8 @@ class Engine:
         flags: list[list[str]] = [[] for _ in range(len(checked.valid))]
         names = self.validator.feature_names
         for positions, x in checked.groups:
+            if not len(x):
+                continue
             logits[positions] = self.infer(x)
             outside = self.validator.outside(x).any(axis=1)  # (n, features)
             for p, row in zip(positions, outside, strict=True):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ FORMATS = {
     ".npy": "npy",
     ".npz": "npz",
 }
+log = logging.getLogger(__name__)
 ARRAY_MEMBERS = ("X", "input")  # the NPZ member holding the rows (else its only one)
 CSV_BLOCK_BYTES = 4 << 20
 
@@ -91,7 +93,7 @@ def total_rows(path: Path) -> int | None:
             return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
         if fmt == "npz":
             with zipfile.ZipFile(path) as zf, zf.open(_npz_rows_member(zf, path) + ".npy") as f:
-                return _npy_header(f, path)[0][0]
+                return int(_npy_header(f, path)[0][0])
     except (OSError, ValueError, pa.ArrowException, zipfile.BadZipFile, NnshipError, IndexError):
         return None
     return None
@@ -247,8 +249,8 @@ def _npy(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
         yield Block(path, numbers, "array", part, {})
 
 
-def _npy_header(f: IO[bytes], path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype of an NPY stream, leaving it at the first value (C order only)."""
+def _npy_header(f: IO[bytes], path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """The shape, dtype and Fortran order of an NPY stream, leaving it at the first value."""
     major, _ = np.lib.format.read_magic(f)
     read = (
         np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
@@ -256,11 +258,7 @@ def _npy_header(f: IO[bytes], path: Path) -> tuple[tuple[int, ...], np.dtype]:
     shape, fortran, dtype = read(f)
     if dtype.hasobject:
         raise NnshipError(f"{path}: object arrays are refused (they would need pickle)")
-    if fortran and len(shape) > 1:
-        raise NnshipError(
-            f"{path}: a Fortran-order array cannot be read row by row; save it in C order"
-        )
-    return shape, dtype
+    return shape, dtype, fortran and len(shape) > 1
 
 
 def _npz_rows_member(zf: zipfile.ZipFile, path: Path) -> str:
@@ -287,14 +285,21 @@ def _npz(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
             headers = {k: _npy_header(f, path) for k, f in streams.items()}
         except KeyError as e:
             raise NnshipError(f"{path}: no array {e} to keep") from e
-        (n, *stored), dtype = headers[name]
+        (n, *stored), dtype, fortran = headers[name]
         _check_dtype(path, dtype)
         for k in spec.keep:
             if len(headers[k][0]) != 1 or headers[k][0][0] != n:
                 raise NnshipError(f"{path}: --keep {k}: needs a 1-D array of {n} values")
         shape = row_shape(path, (n, *stored), tuple(stored) or (1,), spec)
+        whole = None
+        if fortran:  # column-major values cannot be streamed by rows: this member is read whole
+            log.warning("%s: array %s is in Fortran order and is read whole", path, name)
+            whole = np.lib.format.read_array(zf.open(name + ".npy"), allow_pickle=False)
         for start in range(0, n, rows):
             m = min(rows, n - start)
-            part = _read_rows(streams[name], dtype, tuple(stored), m).reshape(m, *shape)
+            if whole is not None:
+                part = np.ascontiguousarray(whole[start : start + m]).reshape(m, *shape)
+            else:
+                part = _read_rows(streams[name], dtype, tuple(stored), m).reshape(m, *shape)
             keep = {k: pa.array(_read_rows(streams[k], headers[k][1], (), m)) for k in spec.keep}
             yield Block(path, np.arange(start, start + m), "array", part, keep)
