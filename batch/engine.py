@@ -43,6 +43,7 @@ class Engine:
         m = runtime.manifest
         self.labels = np.array(m.output.labels, dtype=object)
         self.names = output_names(runtime)
+        self.feature_names = pa.array(validator.feature_names, type=pa.string())
         self.width = len(m.output.labels) if m.classification else 1
         if not runtime.batch_independent:
             log.info(
@@ -61,23 +62,20 @@ class Engine:
             return np.zeros((0, self.width), dtype=np.float32)
         return np.concatenate(outs)
 
-    def outputs(self, checked: Checked) -> tuple[np.ndarray, list[list[str]]]:
-        """Logits of the valid rows (in block order) and the features each has outside the range."""
+    def outputs(self, checked: Checked) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of the valid rows (in block order), and which features each has outside the
+        training range ± margin (the service's rule) as a (rows, features) mask."""
         logits = np.zeros((len(checked.valid), self.width), dtype=np.float32)
-        flags: list[list[str]] = [[] for _ in range(len(checked.valid))]
-        names = self.validator.feature_names
+        outside = np.zeros((len(checked.valid), len(self.validator.feature_names)), dtype=bool)
         for positions, x in checked.groups:
             if not len(x):
                 continue
             logits[positions] = self.infer(x)
-            outside = self.validator.outside(x).any(axis=1)  # (n, features)
-            for p, row in zip(positions, outside, strict=True):
-                if row.any():
-                    flags[p] = [names[f] for f in np.flatnonzero(row)]
-        return logits, flags
+            outside[positions] = self.validator.outside(x).any(axis=1)
+        return logits, outside
 
     def table(
-        self, checked: Checked, keep: dict[str, pa.Array], logits: np.ndarray, flags: list
+        self, keep: dict[str, pa.Array], logits: np.ndarray, outside: np.ndarray
     ) -> pa.Table:
         """The output rows of one block."""
         columns: dict[str, pa.Array] = dict(keep)
@@ -88,5 +86,9 @@ class Engine:
                 columns[name] = pa.array(p[:, j], type=pa.float32())
         else:
             columns[PREDICTION] = pa.array(logits[:, 0], type=pa.float32())
-        columns[OUT_OF_RANGE] = pa.array(flags, type=pa.list_(pa.string()))
+        rows, features = np.nonzero(outside)  # row by row, in feature order
+        offsets = np.zeros(len(outside) + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=len(outside)), out=offsets[1:])
+        names = self.feature_names.take(pa.array(features, type=pa.int64()))
+        columns[OUT_OF_RANGE] = pa.ListArray.from_arrays(pa.array(offsets), names)
         return pa.table(columns)

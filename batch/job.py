@@ -342,8 +342,8 @@ def predict(o: Options) -> Summary:
                     entry = {"rows": checked.rows, "predicted": len(checked.valid)}
                     summary.add({**entry, "rejects": len(checked.rejects)})
                     _check_rejects(o, summary, checked)
-                    logits, flags = engine.outputs(checked)
-                    table = engine.table(checked, _kept(block, checked.valid), logits, flags)
+                    logits, outside = engine.outputs(checked)
+                    table = engine.table(_kept(block, checked.valid), logits, outside)
                     records = [r.record() for r in checked.rejects]
                     writer.put((index, table, records, checked.rows))
         finally:
