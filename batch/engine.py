@@ -41,7 +41,7 @@ class Engine:
         self.batch_size = batch_size
         self.validator = validator
         m = runtime.manifest
-        self.labels = np.array(m.output.labels, dtype=object)
+        self.labels = pa.array(m.output.labels, type=pa.string())
         self.names = output_names(runtime)
         self.feature_names = pa.array(validator.feature_names, type=pa.string())
         self.width = len(m.output.labels) if m.classification else 1
@@ -74,14 +74,12 @@ class Engine:
             outside[positions] = self.validator.outside(x).any(axis=1)
         return logits, outside
 
-    def table(
-        self, keep: dict[str, pa.Array], logits: np.ndarray, outside: np.ndarray
-    ) -> pa.Table:
+    def table(self, keep: dict[str, pa.Array], logits: np.ndarray, outside: np.ndarray) -> pa.Table:
         """The output rows of one block."""
         columns: dict[str, pa.Array] = dict(keep)
         if self.runtime.manifest.classification:
             p = softmax(logits)
-            columns[PREDICTION] = pa.array(self.labels[p.argmax(axis=1)], type=pa.string())
+            columns[PREDICTION] = self.labels.take(pa.array(p.argmax(axis=1)))
             for j, name in enumerate(self.names[1:-1]):
                 columns[name] = pa.array(p[:, j], type=pa.float32())
         else:

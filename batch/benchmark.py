@@ -1,0 +1,209 @@
+"""End-to-end speed and memory of `nnship predict` against in-process ONNX Runtime on the same rows.
+
+    python -m nnship.batch.benchmark [--report reports/batch-benchmark.md] [--rows-scale 1.0]
+
+Trains and exports (fp32, no store) an MLP (breast-cancer), a CNN (digits) and an LSTM
+(digits-seq), writes Parquet files of rows drawn inside each training range (1x and 10x), then runs
+each job as its own `nnship predict` process, sampling its resident memory with psutil, and the
+same rows preloaded in memory through the same runtime (variant, threads, batch size) in another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nnship.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+# family, data set, rows at 1x (the 10x file holds ten times as many)
+FAMILIES = [
+    ("mlp", "breast-cancer", 200_000),
+    ("cnn", "digits", 40_000),
+    ("lstm", "digits-seq", 20_000),
+]
+RATIO_BAR = 0.85
+THREADS, BATCH = 1, 1024
+
+
+def build_package(model: str, dataset: str, work: Path) -> Path:
+    """A short training run exported as fp32 only (the same variant for both measurements)."""
+    from nnship.export.package import ExportOptions, export_run
+    from nnship.training.train import TrainConfig, train
+
+    run = work / f"{model}-{dataset}"
+    train(TrainConfig(model=model, dataset=dataset, epochs=3, out=str(run)))
+    export_run(ExportOptions(str(run), variants=("fp32",), store=False, bench_seconds=0.05))
+    return run / "package"
+
+
+def write_rows(package: Path, path: Path, n: int, seed: int = 0) -> None:
+    """n rows inside the training range, as the package's flat feature columns, in row groups."""
+    from nnship.batch.rows import column_names
+    from nnship.package import load_package
+
+    m = load_package(package, variants=[]).manifest
+    names = column_names(m)
+    stats = m.input.stats
+    rng = np.random.default_rng(seed)
+    writer = None
+    step = 100_000
+    for start in range(0, n, step):
+        k = min(step, n - start)
+        cols = {
+            name: rng.uniform(stats[j % len(stats)].min, stats[j % len(stats)].max, k)
+            for j, name in enumerate(names)
+        }
+        table = pa.table({"id": np.arange(start, start + k), **cols})
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    writer.close()
+
+
+def peak_rss(cmd: list[str]) -> tuple[str, int]:
+    """Run a command, sampling its resident memory every 10 ms; (stdout, peak bytes)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
+    return out, peak
+
+
+def run_job(package: Path, rows: Path, out: Path) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnship.cli",
+        "predict",
+        str(package),
+        "--input",
+        str(rows),
+        "--output",
+        str(out),
+        "--keep",
+        "id",
+        "--threads",
+        str(THREADS),
+        "--batch-size",
+        str(BATCH),
+        "--variant",
+        "fp32",
+    ]
+    stdout, peak = peak_rss(cmd)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    return {**summary, "peak_rss_mb": round(peak / 2**20, 1)}
+
+
+def in_memory(package: str, rows: str) -> dict:
+    """In-process ONNX Runtime on the rows preloaded as one float32 array: the inference loop alone."""
+    from nnship.batch.engine import open_runtime
+    from nnship.batch.rows import column_names
+
+    rt = open_runtime(package, "fp32", THREADS)
+    m = rt.manifest
+    table = pq.read_table(rows, columns=column_names(m))
+    x = np.stack([c.to_numpy() for c in table.columns], axis=1).astype(np.float32)
+    x = x.reshape(len(x), *m.input.shape)
+    rt.run(x[:BATCH])  # first-call set-up outside the timing, as a warmed-up service has
+    began = time.perf_counter()
+    for i in range(0, len(x), BATCH):
+        rt.run(x[i : i + BATCH])
+    wall = time.perf_counter() - began
+    return {"rows": len(x), "wall_s": round(wall, 3), "rows_per_s": round(len(x) / wall, 1)}
+
+
+def run_in_memory(package: Path, rows: Path) -> dict:
+    cmd = [sys.executable, "-m", "nnship.batch.benchmark", "--in-memory", str(package), str(rows)]
+    stdout, peak = peak_rss(cmd)
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": round(peak / 2**20, 1)}
+
+
+def render(results: list[dict]) -> str:
+    lines = [
+        "# Batch inference: `nnship predict` against in-process ONNX Runtime",
+        "",
+        f"Same package (fp32), {THREADS} intra-op thread, batch size {BATCH}; the job reads Parquet, "
+        "validates, infers and writes Parquet (kept `id`, prediction, probabilities, range flags), "
+        "its rows/s counted from its first read to its output in place (the summary's `rows_per_s`; "
+        "start-up, i.e. package verification and session creation, is `startup_s`, shown apart); the "
+        "baseline runs the same rows already in memory as one float32 array through the same runtime, "
+        "timing the inference loop alone (after one warm-up call). Each run is its own process; peak RSS sampled with psutil every 10 ms.",
+        "",
+        "| model | rows | job rows/s | in-memory ORT rows/s | ratio | bar | job start-up s "
+        "| job peak RSS MB | in-memory peak RSS MB |",
+        "| --- " * 9 + "|",
+    ]
+    for r in results:
+        for scale in ("1x", "10x"):
+            job, mem = r[scale]["job"], r[scale]["in_memory"]
+            ratio = job["rows_per_s"] / mem["rows_per_s"]
+            lines.append(
+                f"| {r['model']} ({r['dataset']}) | {job['rows']:,} ({scale}) | {job['rows_per_s']:,.0f} "
+                f"| {mem['rows_per_s']:,.0f} | {ratio:.2f} | {'met' if ratio >= RATIO_BAR else 'missed'} "
+                f"(≥ {RATIO_BAR}) | {job['startup_s']} | {job['peak_rss_mb']} | {mem['peak_rss_mb']} |"
+            )
+    lines += [
+        "",
+        f"Machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m nnship.batch.benchmark", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--report", type=Path, default=Path("reports/batch-benchmark.md"))
+    p.add_argument(
+        "--rows-scale", type=float, default=1.0, help="scale the row counts (quick runs)"
+    )
+    p.add_argument("--in-memory", nargs=2, metavar=("PACKAGE", "ROWS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.in_memory:
+        print(json.dumps(in_memory(*args.in_memory)))
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory(prefix="nnship-batch-bench-") as tmp:
+        work = Path(tmp)
+        for model, dataset, n in FAMILIES:
+            package = build_package(model, dataset, work)
+            entry: dict = {"model": model, "dataset": dataset}
+            for scale, k in (("1x", 1), ("10x", 10)):
+                rows = work / f"{model}-{scale}.parquet"
+                write_rows(package, rows, int(n * k * args.rows_scale))
+                job = run_job(package, rows, work / f"{model}-{scale}-out.parquet")
+                entry[scale] = {"job": job, "in_memory": run_in_memory(package, rows)}
+                rows.unlink()
+                print(json.dumps({"model": model, "scale": scale, **entry[scale]}), flush=True)
+            results.append(entry)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.report, lambda t: t.write_text(render(results)))
+    json_path = args.report.with_suffix(".json")
+    atomic_write(json_path, lambda t: t.write_text(json.dumps(results, indent=2) + "\n"))
+    print(args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
