@@ -155,7 +155,8 @@ def _table_blocks(path: Path, tables: Iterator[pa.Table], spec: Spec) -> Iterato
 
 
 def _parquet(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
-    pf = pq.ParquetFile(path)
+    # pre_buffer caches every row group read until the reader is done: memory would grow with the file
+    pf = pq.ParquetFile(path, pre_buffer=False)
     _need(path, pf.schema_arrow.names, spec)
     columns = list(dict.fromkeys(spec.columns + spec.keep))
     batches = pf.iter_batches(batch_size=rows, columns=columns)

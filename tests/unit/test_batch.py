@@ -231,3 +231,16 @@ def test_resume_refuses_a_changed_input(package, tmp_path):
         run(package, tmp_path, tmp_path / "in.parquet", "o.parquet", part_rows=10, resume=True)
     s = run(package, tmp_path, tmp_path / "in.parquet", "o.parquet", part_rows=10)  # afresh
     assert (s.rows, s.rejects, s.resumed_parts) == (101, 0, 0)
+
+
+def test_reading_parquet_holds_about_one_block_whatever_the_file_size(tmp_path):
+    n, cols = 400_000, [f"c{i}" for i in range(10)]
+    data = np.random.default_rng(0).normal(size=(n, 10))
+    table = pa.table({c: data[:, i] for i, c in enumerate(cols)})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=20_000)
+    del table, data
+    base, peak = pa.total_allocated_bytes(), 0
+    for block in read_blocks(tmp_path / "a.parquet", Spec(cols, (10,), False), 10_000):
+        peak = max(peak, pa.total_allocated_bytes() - base)
+        assert block.rows == 10_000
+    assert peak < n * 10 * 8 / 3  # the file decodes to 32 MB, a block to 0.8 MB
