@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 JOB_FORMAT = "nnship.batch-job/1"
 JOB, LOG, PARTS, REJECTS = "job.json", "parts.log", "parts", "rejects"
-PART_ROWS = 65536
+PART_ROWS = 16384
 
 
 @dataclass
@@ -149,7 +149,8 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _read_log(stage: Path) -> dict[int, dict[str, Any]]:
-    """Completed parts whose file is intact (a torn last line or a damaged part is redone)."""
+    """The completed parts 0..k-1 whose files are intact (from a torn last line or a damaged part
+    on, parts are redone)."""
     done: dict[int, dict[str, Any]] = {}
     path = stage / LOG
     if not path.exists():
@@ -158,10 +159,11 @@ def _read_log(stage: Path) -> dict[int, dict[str, Any]]:
         try:
             entry = json.loads(line)
         except ValueError:
-            continue
+            break
         part = stage / PARTS / entry["file"]
-        if part.is_file() and sha256_file(part) == entry["sha256"]:
-            done[entry["part"]] = entry
+        if entry["part"] != len(done) or not part.is_file() or sha256_file(part) != entry["sha256"]:
+            break
+        done[entry["part"]] = entry
     return done
 
 
@@ -242,24 +244,14 @@ def _progress(enabled: bool | None, total: int | None) -> Progress:
     )
 
 
-def _finish(o: Options, stage: Path, entries: list[dict[str, Any]], fmt: str, single: bool) -> None:
+def _finish(o: Options, stage: Path, entries: list[dict[str, Any]], joined: Any) -> None:
     """The rejects file, then the output, renamed into place complete; the staging folder goes."""
     if o.rejects is not None:
         files = [stage / REJECTS / e["rejects_file"] for e in entries]
         atomic_write(o.rejects, lambda tmp: sinks.concatenate(files, tmp))
-    parts = [stage / PARTS / e["file"] for e in entries]
-    if single:
-        built = stage / f"output{sinks.EXTENSION[fmt]}"
-        if fmt == "parquet":
-            sinks.assemble_parquet(parts, built)
-        else:
-            head = sinks.csv_header(entries[0]["columns"]) if fmt == "csv" else b""
-            sinks.concatenate(parts, built, head)
-    else:
-        built = stage / PARTS
+    built = joined.close() if joined is not None else stage / PARTS
     if o.output.is_dir() and not o.output.is_symlink():
-        old = stage / "replaced"
-        os.replace(o.output, old)
+        os.replace(o.output, stage / "replaced")
     os.replace(built, o.output)
     shutil.rmtree(stage)
 
@@ -297,6 +289,10 @@ def predict(o: Options) -> Summary:
     totals = [total_rows(f) for f in files]
     total = None if None in totals else sum(totals)
     entries: dict[int, dict[str, Any]] = dict(done)
+    # a single output file grows part by part beside the parts (a resumed job first re-adds its own)
+    joined = sinks.Joined(stage / f"output{sinks.EXTENSION[fmt]}", fmt) if single else None
+    for i in sorted(done) if joined else ():
+        joined.add(stage / PARTS / done[i]["file"], done[i]["columns"])
     with _progress(o.progress, total) as bar, open(stage / LOG, "a") as journal:
         task = bar.add_task("predict", total=total, rate="")
         started = time.perf_counter()
@@ -318,6 +314,8 @@ def predict(o: Options) -> Summary:
                 "rejects": len(rejects),
                 "columns": table.column_names,
             }
+            if joined is not None:
+                joined.add(part, table.column_names)
             journal.write(json.dumps(entry) + "\n")
             journal.flush()
             entries[index] = entry
@@ -352,7 +350,7 @@ def predict(o: Options) -> Summary:
             writer.close()
     if not entries:
         raise NnshipError(f"{o.input}: the input holds no rows")
-    _finish(o, stage, [entries[i] for i in sorted(entries)], fmt, single)
+    _finish(o, stage, [entries[i] for i in sorted(entries)], joined)
     ended = time.perf_counter()
     summary.wall_s = round(ended - began, 3)
     summary.rows_per_s = round(summary.rows / max(ended - started, 1e-9), 1)

@@ -113,28 +113,47 @@ def _text_values(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return out, codes
 
 
+def _typed_values(
+    col: pa.Array | pa.ChunkedArray | list[Any],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A feature column -> (float64 values, code per row for missing values and non-numbers, or
+    None when there are none)."""
+    if isinstance(col, list):
+        return _python_values(col)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        codes = None
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        values, codes = _text_values(col)
+    else:  # booleans, lists, dates, ... are not numbers; an all-null column is missing
+        values = np.zeros(len(col), dtype=np.float64)
+        codes = np.full(len(col), NUMBER, dtype=np.int8)
+    if col.null_count:
+        codes = np.zeros(len(col), dtype=np.int8) if codes is None else codes
+        codes[col.is_null().to_numpy(zero_copy_only=False)] = MISSING
+    return values, codes
+
+
+def _value_codes(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Codes for the values themselves where no other rule applies: non-finite, beyond float32."""
+    with np.errstate(invalid="ignore"):
+        lo, hi = values.min(initial=0.0), values.max(initial=0.0)  # NaN propagates to both
+        if lo >= -F32_MAX and hi <= F32_MAX:
+            return codes
+        finite = np.isfinite(values)
+        codes[(codes == 0) & ~finite] = FINITE
+        codes[(codes == 0) & (np.abs(np.where(finite, values, 0)) > F32_MAX)] = RANGE32
+    return codes
+
+
 def column_values(col: pa.Array | pa.ChunkedArray | list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """A feature column -> (float64 values, code per row: 0 valid, else the index of its rule)."""
-    if isinstance(col, list):
-        values, codes = _python_values(col)
-    else:
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        t = col.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-            codes = np.zeros(len(col), dtype=np.int8)
-        elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            values, codes = _text_values(col)
-        else:  # booleans, lists, dates, ... are not numbers; an all-null column is missing
-            values = np.zeros(len(col), dtype=np.float64)
-            codes = np.full(len(col), NUMBER, dtype=np.int8)
-        codes[col.is_null().to_numpy(zero_copy_only=False)] = MISSING
-    ok = codes == 0
-    with np.errstate(invalid="ignore"):
-        codes[ok & ~np.isfinite(values)] = FINITE
-        codes[(codes == 0) & (np.abs(values) > F32_MAX)] = RANGE32
-    return values, codes
+    values, codes = _typed_values(col)
+    codes = np.zeros(len(values), dtype=np.int8) if codes is None else codes
+    return values, _value_codes(values, codes)
 
 
 def check_columns(
@@ -143,11 +162,18 @@ def check_columns(
     """Flat feature columns of one block -> the valid rows shaped (n, *shape), and the rejects
     (each row by its first bad feature, in feature order)."""
     n = len(columns[0]) if columns else 0
-    values = np.empty((n, len(columns)), dtype=np.float64)
+    by_column = np.empty((len(columns), n), dtype=np.float64)  # filled a column at a time
     codes = np.zeros((n, len(columns)), dtype=np.int8)
     for j, col in enumerate(columns):
-        values[:, j], codes[:, j] = column_values(col)
+        by_column[j], col_codes = _typed_values(col)
+        if col_codes is not None:
+            codes[:, j] = col_codes
+    values = by_column.T
+    codes = _value_codes(values, codes)
     bad = codes.any(axis=1)
+    if not bad.any():  # the common case: every row valid
+        x = values.astype(np.float32).reshape(n, *shape)
+        return Checked(n, np.arange(n), [(np.arange(n), x)], [])
     valid = np.flatnonzero(~bad)
     rejects = []
     for r in np.flatnonzero(bad):

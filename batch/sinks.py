@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,18 +90,12 @@ def write_rejects(records: list[dict[str, Any]], path: Path) -> Path:
     return _replaced(path, write)
 
 
-def concatenate(parts: list[Path], path: Path, head: bytes = b"") -> Path:
-    """Files joined byte for byte (CSV parts without header after `head`, JSON Lines)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as out:
-            out.write(head)
-            for p in parts:
-                with open(p, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        out.write(chunk)
-
-    return _replaced(path, write)
+def concatenate(parts: list[Path], path: Path) -> None:
+    """Files joined byte for byte into `path` (the rejects file's parts)."""
+    with open(path, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
 
 
 def csv_header(names: list[str]) -> bytes:
@@ -110,20 +105,42 @@ def csv_header(names: list[str]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def assemble_parquet(parts: list[Path], path: Path) -> Path:
-    """Parquet parts as the row groups of one file, read one part at a time."""
+class Joined:
+    """One output file built from the parts as each completes: Parquet parts become its row groups
+    (read back, so a resumed job that re-adds its completed parts writes the same bytes), CSV and
+    JSON Lines parts are appended byte for byte after the CSV header."""
 
-    def write(tmp: Path) -> None:
-        schema = pq.read_schema(parts[0])
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for p in parts:
-                table = pq.read_table(p)
-                try:
-                    writer.write_table(table.cast(schema))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                    raise NnshipError(
-                        f"{p.name}: its kept columns' types differ from the first part's "
-                        f"({' '.join(str(e).split())}); write to a folder instead"
-                    ) from e
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt = path, fmt
+        self._parquet: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._file = None
 
-    return _replaced(path, write)
+    def add(self, part: Path, columns: list[str]) -> None:
+        if self.fmt == "parquet":
+            table = pq.read_table(part)
+            if self._parquet is None:
+                self._schema = table.schema
+                self._parquet = pq.ParquetWriter(self.path, table.schema)
+            try:
+                self._parquet.write_table(table.cast(self._schema))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise NnshipError(
+                    f"{part.name}: its kept columns' types differ from the first part's "
+                    f"({' '.join(str(e).split())}); write to a folder instead"
+                ) from e
+            return
+        if self._file is None:
+            self._file = open(self.path, "wb")  # noqa: SIM115 (open across parts, closed by close())
+            if self.fmt == "csv":
+                self._file.write(csv_header(columns))
+        with open(part, "rb") as f:
+            shutil.copyfileobj(f, self._file, 1 << 20)
+
+    def close(self) -> Path:
+        """The complete file (a CSV header alone, or an empty file, when no part came)."""
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self._file is not None:
+            self._file.close()
+        return self.path
