@@ -148,10 +148,10 @@ def _differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-def _read_log(stage: Path) -> dict[int, dict[str, Any]]:
-    """The completed parts 0..k-1 whose files are intact (from a torn last line or a damaged part
-    on, parts are redone)."""
-    done: dict[int, dict[str, Any]] = {}
+def _read_log(stage: Path) -> dict[str, dict[str, Any]]:
+    """The completed parts, in the order they were written, up to the first torn line or damaged
+    part (from there on, parts are redone)."""
+    done: dict[str, dict[str, Any]] = {}
     path = stage / LOG
     if not path.exists():
         return done
@@ -161,13 +161,53 @@ def _read_log(stage: Path) -> dict[int, dict[str, Any]]:
         except ValueError:
             break
         part = stage / PARTS / entry["file"]
-        if entry["part"] != len(done) or not part.is_file() or sha256_file(part) != entry["sha256"]:
+        if not part.is_file() or sha256_file(part) != entry["sha256"]:
             break
         done[entry["part"]] = entry
     return done
 
 
-def _prepare(stage: Path, fingerprint: dict, resume: bool) -> dict[int, dict[str, Any]]:
+def part_key(file_index: int, block_index: int) -> str:
+    """A part's name: its input file's and its block's numbers (sorted, they give the row order)."""
+    return f"{file_index:05d}-{block_index:05d}"
+
+
+def store_part(
+    stage: Path,
+    key: str,
+    table: pa.Table,
+    rejects: list[dict[str, Any]],
+    rows: int,
+    fmt: str,
+    header: bool,
+) -> dict[str, Any]:
+    """A part and its rejects written into the staging folder; its entry for the job's log."""
+    name = f"part-{key}{sinks.EXTENSION[fmt]}"
+    part = sinks.write_table(table, stage / PARTS / name, fmt, header=header)
+    rname = f"rejects-{key}.jsonl"
+    sinks.write_rejects(rejects, stage / REJECTS / rname)
+    return {
+        "part": key,
+        "file": name,
+        "sha256": sha256_file(part),
+        "rejects_file": rname,
+        "rows": rows,
+        "predicted": table.num_rows,
+        "rejects": len(rejects),
+        "columns": table.column_names,
+    }
+
+
+def process(
+    block: Block, checked: Checked, engine: Engine
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """A checked block's output rows and its rejects."""
+    logits, outside = engine.outputs(checked)
+    table = engine.table(_kept(block, checked.valid), logits, outside)
+    return table, [r.record() for r in checked.rejects]
+
+
+def _prepare(stage: Path, fingerprint: dict, resume: bool) -> dict[str, dict[str, Any]]:
     """The staging folder: continued when resuming the same job, else started afresh."""
     job = stage / JOB
     if stage.exists():
@@ -204,7 +244,9 @@ def _kept(block: Block, valid: np.ndarray) -> dict[str, pa.Array]:
             array = col if isinstance(col, pa.Array | pa.ChunkedArray) else pa.array(col)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise NnshipError(f"{block.file}: --keep {name}: values of mixed types ({e})") from e
-        out[name] = array.take(pa.array(valid, type=pa.int64()))
+        taken = array.take(pa.array(valid, type=pa.int64()))
+        # one chunk, however the block was read: the part's bytes depend on the values alone
+        out[name] = taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
     return out
 
 
@@ -288,64 +330,48 @@ def predict(o: Options) -> Summary:
     )
     totals = [total_rows(f) for f in files]
     total = None if None in totals else sum(totals)
-    entries: dict[int, dict[str, Any]] = dict(done)
+    entries: dict[str, dict[str, Any]] = dict(done)
     # a single output file grows part by part beside the parts (a resumed job first re-adds its own)
     joined = sinks.Joined(stage / f"output{sinks.EXTENSION[fmt]}", fmt) if single else None
-    for i in sorted(done) if joined else ():
-        joined.add(stage / PARTS / done[i]["file"], done[i]["columns"])
+    for key in done if joined else ():
+        joined.add(stage / PARTS / done[key]["file"], done[key]["columns"])
     with _progress(o.progress, total) as bar, open(stage / LOG, "a") as journal:
         task = bar.add_task("predict", total=total, rate="")
         started = time.perf_counter()
         summary.startup_s = round(started - began, 3)
 
-        def write(item: tuple[int, pa.Table, list[dict[str, Any]], int]) -> None:
-            index, table, rejects, rows = item
-            name = f"part-{index:05d}{sinks.EXTENSION[fmt]}"
-            part = sinks.write_table(table, stage / PARTS / name, fmt, header=not single)
-            rname = f"rejects-{index:05d}.jsonl"
-            sinks.write_rejects(rejects, stage / REJECTS / rname)
-            entry = {
-                "part": index,
-                "file": name,
-                "sha256": sha256_file(part),
-                "rejects_file": rname,
-                "rows": rows,
-                "predicted": table.num_rows,
-                "rejects": len(rejects),
-                "columns": table.column_names,
-            }
+        def write(item: tuple[str, pa.Table, list[dict[str, Any]], int]) -> None:
+            key, table, rejects, rows = item
+            entry = store_part(stage, key, table, rejects, rows, fmt, header=not single)
             if joined is not None:
-                joined.add(part, table.column_names)
+                joined.add(stage / PARTS / entry["file"], table.column_names)
             journal.write(json.dumps(entry) + "\n")
             journal.flush()
-            entries[index] = entry
+            entries[key] = entry
             bar.advance(task, rows)
             elapsed = time.perf_counter() - started
             bar.update(task, rate=f"{bar.tasks[0].completed / max(elapsed, 1e-9):,.0f} rows/s")
 
-        def blocks() -> Iterator[tuple[int, Block, Checked | None]]:
-            index = 0
-            for f in files:
-                for block in read_blocks(f, spec, o.part_rows):
-                    checked = None if index in done else check_block(block, spec, validator)
-                    yield index, block, checked
-                    index += 1
+        def blocks() -> Iterator[tuple[str, Block, Checked | None]]:
+            for fi, f in enumerate(files):
+                for bi, block in enumerate(read_blocks(f, spec, o.part_rows)):
+                    key = part_key(fi, bi)
+                    checked = None if key in done else check_block(block, spec, validator)
+                    yield key, block, checked
 
         writer = Consumer(write)
         try:
             with Prefetch(blocks()) as items:
-                for index, block, checked in items:
+                for key, block, checked in items:
                     if checked is None:
-                        summary.add(done[index])
-                        bar.advance(task, done[index]["rows"])
+                        summary.add(done[key])
+                        bar.advance(task, done[key]["rows"])
                         continue
                     entry = {"rows": checked.rows, "predicted": len(checked.valid)}
                     summary.add({**entry, "rejects": len(checked.rejects)})
                     _check_rejects(o, summary, checked)
-                    logits, outside = engine.outputs(checked)
-                    table = engine.table(_kept(block, checked.valid), logits, outside)
-                    records = [r.record() for r in checked.rejects]
-                    writer.put((index, table, records, checked.rows))
+                    table, records = process(block, checked, engine)
+                    writer.put((key, table, records, checked.rows))
         finally:
             writer.close()
     if not entries:

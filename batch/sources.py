@@ -118,6 +118,33 @@ def read_blocks(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
         raise NnshipError(f"{path}: cannot read it as {fmt}: {problem}") from e
 
 
+def read_block_at(path: Path, spec: Spec, rows: int, index: int) -> Block | None:
+    """Block `index` of a file that allows it without reading the blocks before (Parquet by its
+    row groups, NPY memory-mapped): the same rows as the index-th block `read_blocks` gives; None for
+    the other formats."""
+    fmt = FORMATS[path.suffix.lower()]
+    start = index * rows
+    if fmt == "npy":
+        return next(_npy(path, spec, rows, start), None)
+    if fmt != "parquet":
+        return None
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    _need(path, pf.schema_arrow.names, spec)
+    stop = min(start + rows, pf.metadata.num_rows)
+    if start >= stop:
+        return None
+    groups, first, at = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if at < stop and at + n > start:
+            groups.append(g)
+            first = at if first is None else first
+        at += n
+    columns = list(dict.fromkeys(spec.columns + spec.keep))
+    table = pf.read_row_groups(groups, columns=columns).slice(start - (first or 0), stop - start)
+    return next(_table_blocks(path, iter([table]), spec, start), None)
+
+
 # -- columnar files -------------------------------------------------------------------------------
 def _need(path: Path, have: list[str], spec: Spec) -> None:
     missing = [c for c in spec.columns + spec.keep if c not in have]
@@ -145,8 +172,9 @@ def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]
         yield pa.Table.from_batches(pending)
 
 
-def _table_blocks(path: Path, tables: Iterator[pa.Table], spec: Spec) -> Iterator[Block]:
-    start = 0
+def _table_blocks(
+    path: Path, tables: Iterator[pa.Table], spec: Spec, start: int = 0
+) -> Iterator[Block]:
     for t in tables:
         numbers = np.arange(start, start + t.num_rows)
         start += t.num_rows
@@ -236,7 +264,7 @@ def _check_dtype(path: Path, dtype: np.dtype) -> None:
         raise NnshipError(f"{path}: values of dtype {dtype} are not numbers (int or float needed)")
 
 
-def _npy(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
+def _npy(path: Path, spec: Spec, rows: int, first: int = 0) -> Iterator[Block]:
     if spec.keep:
         raise NnshipError(f"{path}: --keep needs named columns; an NPY file holds one array")
     array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -244,7 +272,7 @@ def _npy(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
     if array.ndim < 2 and not (array.ndim == 1 and math.prod(spec.shape) == 1):
         raise NnshipError(f"{path}: an array of shape {list(array.shape)} holds no rows")
     shape = row_shape(path, array.shape, array.shape[1:] or (1,), spec)
-    for start in range(0, len(array), rows):
+    for start in range(first, len(array), rows):
         part = np.asarray(array[start : start + rows]).reshape(-1, *shape)
         numbers = np.arange(start, start + len(part))
         yield Block(path, numbers, "array", part, {})

@@ -12,7 +12,7 @@ import pytest
 
 from nnship.batch.job import Options, predict, staging_dir
 from nnship.batch.rows import check_nested, column_names, column_values
-from nnship.batch.sources import Spec, read_blocks
+from nnship.batch.sources import Spec, read_block_at, read_blocks
 from nnship.errors import NnshipError
 from nnship.numeric import softmax
 from nnship.service.validation import Validator
@@ -175,11 +175,11 @@ def test_folder_output_and_existing_output(package, tmp_path):
     rows(100).to_parquet(tmp_path / "in.parquet", index=False)
     run(package, tmp_path, tmp_path / "in.parquet", "outdir", part_rows=40, format="csv")
     assert sorted(p.name for p in (tmp_path / "outdir").iterdir()) == [
-        "part-00000.csv",
-        "part-00001.csv",
-        "part-00002.csv",
+        "part-00000-00000.csv",
+        "part-00000-00001.csv",
+        "part-00000-00002.csv",
     ]
-    assert pd.read_csv(tmp_path / "outdir" / "part-00002.csv").shape[0] == 20
+    assert pd.read_csv(tmp_path / "outdir" / "part-00000-00002.csv").shape[0] == 20
     with pytest.raises(NnshipError, match="already exists; pass --overwrite"):
         run(package, tmp_path, tmp_path / "in.parquet", "outdir")
 
@@ -244,3 +244,27 @@ def test_reading_parquet_holds_about_one_block_whatever_the_file_size(tmp_path):
         peak = max(peak, pa.total_allocated_bytes() - base)
         assert block.rows == 10_000
     assert peak < n * 10 * 8 / 3  # the file decodes to 32 MB, a block to 0.8 MB
+
+
+def test_a_block_read_on_its_own_equals_the_streamed_one(tmp_path):
+    df = rows(1000)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), tmp_path / "a.parquet", row_group_size=130
+    )
+    np.save(tmp_path / "a.npy", df[FEATURES].to_numpy())
+    for name, keep in (("a.parquet", ["id"]), ("a.npy", [])):
+        spec = Spec(FEATURES, (3,), False, keep)
+        streamed = list(read_blocks(tmp_path / name, spec, 300))
+        for i, block in enumerate(streamed):
+            alone = read_block_at(tmp_path / name, spec, 300, i)
+            assert alone.numbers.tolist() == block.numbers.tolist(), (name, i)
+            if block.kind == "columns":
+                for a, b in zip(
+                    alone.features + list(alone.keep.values()),
+                    block.features + list(block.keep.values()),
+                    strict=True,
+                ):
+                    assert a.equals(b)
+            else:
+                np.testing.assert_array_equal(alone.features, block.features)
+        assert read_block_at(tmp_path / name, spec, 300, len(streamed)) is None
