@@ -298,9 +298,25 @@ def _finish(o: Options, stage: Path, entries: list[dict[str, Any]], joined: Any)
     shutil.rmtree(stage)
 
 
-def predict(o: Options) -> Summary:
-    """Run a batch job to completion (or continue it with o.resume) and return its summary."""
-    began = time.perf_counter()
+@dataclass
+class _Job:
+    """A job set up: its inputs, package runtime, checks and staging folder."""
+
+    options: Options
+    files: list[Path]
+    fmt: str
+    spec: Spec
+    validator: Validator
+    engine: Engine
+    stage: Path
+    done: dict[str, dict[str, Any]]
+    joined: sinks.Joined | None
+    summary: Summary
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _setup(o: Options) -> _Job:
+    """Check the options and inputs, load the package, prepare (or continue) the staging folder."""
     _check_options(o)
     files = input_files(o.input)
     fmt, single = sinks.output_format(o.output, o.format)
@@ -310,6 +326,8 @@ def predict(o: Options) -> Summary:
         from nnship.batch.ray_engine import require_ray
 
         require_ray()
+        if o.resume:
+            raise NnshipError("--resume continues local jobs; run the Ray job again without it")
     runtime = open_runtime(o.package, o.variant, o.threads)
     m = runtime.manifest
     batch_size = o.batch_size or (GPU_BATCH if runtime.on_gpu else CPU_BATCH)
@@ -318,7 +336,6 @@ def predict(o: Options) -> Summary:
     clash = sorted(set(o.keep) & set(output_names(runtime)))
     if clash:
         raise NnshipError(f"--keep {clash[0]}: the output has a column of that name")
-    engine = Engine(runtime, batch_size, validator)
     stage = staging_dir(o.output)
     done = _prepare(stage, _fingerprint(o, files, runtime, batch_size, fmt), o.resume)
     summary = Summary(
@@ -328,35 +345,63 @@ def predict(o: Options) -> Summary:
         output=str(o.output),
         resumed_parts=len(done),
     )
-    totals = [total_rows(f) for f in files]
-    total = None if None in totals else sum(totals)
-    entries: dict[str, dict[str, Any]] = dict(done)
     # a single output file grows part by part beside the parts (a resumed job first re-adds its own)
     joined = sinks.Joined(stage / f"output{sinks.EXTENSION[fmt]}", fmt) if single else None
     for key in done if joined else ():
         joined.add(stage / PARTS / done[key]["file"], done[key]["columns"])
+    engine = Engine(runtime, batch_size, validator)
+    return _Job(o, files, fmt, spec, validator, engine, stage, done, joined, summary, dict(done))
+
+
+def predict(o: Options) -> Summary:
+    """Run a batch job to completion (or continue it with o.resume) and return its summary."""
+    began = time.perf_counter()
+    job = _setup(o)
+    started = time.perf_counter()
+    job.summary.startup_s = round(started - began, 3)
+    if o.engine == "ray":
+        _run_ray(job)
+    else:
+        _run_local(job, started)
+    if not job.entries:
+        raise NnshipError(f"{o.input}: the input holds no rows")
+    _finish(o, job.stage, [job.entries[k] for k in sorted(job.entries)], job.joined)
+    ended = time.perf_counter()
+    summary = job.summary
+    summary.wall_s = round(ended - began, 3)
+    summary.rows_per_s = round(summary.rows / max(ended - started, 1e-9), 1)
+    log.info(
+        "predicted %d rows (%d rejected) into %s", summary.predicted, summary.rejects, o.output
+    )
+    return summary
+
+
+def _run_local(job: _Job, started: float) -> None:
+    """The local engine: a reader thread, inference on this one, a writer thread."""
+    o, stage, done, summary = job.options, job.stage, job.done, job.summary
+    totals = [total_rows(f) for f in job.files]
+    total = None if None in totals else sum(totals)
     with _progress(o.progress, total) as bar, open(stage / LOG, "a") as journal:
         task = bar.add_task("predict", total=total, rate="")
-        started = time.perf_counter()
-        summary.startup_s = round(started - began, 3)
 
         def write(item: tuple[str, pa.Table, list[dict[str, Any]], int]) -> None:
             key, table, rejects, rows = item
-            entry = store_part(stage, key, table, rejects, rows, fmt, header=not single)
-            if joined is not None:
-                joined.add(stage / PARTS / entry["file"], table.column_names)
+            header = job.joined is None
+            entry = store_part(stage, key, table, rejects, rows, job.fmt, header)
+            if job.joined is not None:
+                job.joined.add(stage / PARTS / entry["file"], table.column_names)
             journal.write(json.dumps(entry) + "\n")
             journal.flush()
-            entries[key] = entry
+            job.entries[key] = entry
             bar.advance(task, rows)
             elapsed = time.perf_counter() - started
             bar.update(task, rate=f"{bar.tasks[0].completed / max(elapsed, 1e-9):,.0f} rows/s")
 
         def blocks() -> Iterator[tuple[str, Block, Checked | None]]:
-            for fi, f in enumerate(files):
-                for bi, block in enumerate(read_blocks(f, spec, o.part_rows)):
+            for fi, f in enumerate(job.files):
+                for bi, block in enumerate(read_blocks(f, job.spec, o.part_rows)):
                     key = part_key(fi, bi)
-                    checked = None if key in done else check_block(block, spec, validator)
+                    checked = None if key in done else check_block(block, job.spec, job.validator)
                     yield key, block, checked
 
         writer = Consumer(write)
@@ -369,36 +414,50 @@ def predict(o: Options) -> Summary:
                         continue
                     entry = {"rows": checked.rows, "predicted": len(checked.valid)}
                     summary.add({**entry, "rejects": len(checked.rejects)})
-                    _check_rejects(o, summary, checked)
-                    table, records = process(block, checked, engine)
+                    _check_rejects(o, summary, checked.rejects[:1])
+                    table, records = process(block, checked, job.engine)
                     writer.put((key, table, records, checked.rows))
         finally:
             writer.close()
-    if not entries:
-        raise NnshipError(f"{o.input}: the input holds no rows")
-    _finish(o, stage, [entries[i] for i in sorted(entries)], joined)
-    ended = time.perf_counter()
-    summary.wall_s = round(ended - began, 3)
-    summary.rows_per_s = round(summary.rows / max(ended - started, 1e-9), 1)
-    log.info(
-        "predicted %d rows (%d rejected) into %s", summary.predicted, summary.rejects, o.output
+
+
+def _run_ray(job: _Job) -> None:
+    """The Ray Data engine: parts written by actors, then joined here in row order."""
+    from nnship.batch import ray_engine
+
+    o, runtime = job.options, job.engine.runtime
+    spec = {
+        "package": str(runtime.package.path),
+        "variant": runtime.variant,
+        "threads": o.threads or 1,
+        "batch_size": job.engine.batch_size,
+        "spec": job.spec,
+        "part_rows": o.part_rows,
+        "stage": str(job.stage),
+        "fmt": job.fmt,
+        "header": job.joined is None,
+    }
+    for entry in ray_engine.run(spec, job.files, actors=0):
+        job.entries[entry["part"]] = entry
+        job.summary.add(entry)
+        first = (job.stage / REJECTS / entry["rejects_file"]).read_text().split("\n", 1)[0]
+        _check_rejects(o, job.summary, [Reject(**json.loads(first))] if first else [])
+    for key in sorted(job.entries) if job.joined else ():
+        job.joined.add(job.stage / PARTS / job.entries[key]["file"], job.entries[key]["columns"])
+
+
+def _check_rejects(o: Options, summary: Summary, latest: list[Reject]) -> None:
+    """Stop once the rejected fraction of the rows so far passes --max-reject-fraction, quoting
+    the latest part's first reject."""
+    if not summary.rows or summary.rejects / summary.rows <= o.max_reject_fraction:
+        return
+    quoted = "".join(
+        f"; e.g. {r.file} row {r.row}: {r.field}: {r.message} ({r.rule})" for r in latest[:1]
     )
-    return summary
-
-
-def _check_rejects(o: Options, summary: Summary, checked: Checked) -> None:
-    """Stop once the rejected fraction of the rows so far passes --max-reject-fraction."""
-    if summary.rows and summary.rejects / summary.rows > o.max_reject_fraction:
-        first = checked.rejects[0] if checked.rejects else None
-        example = (
-            f"; e.g. {first.file} row {first.row}: {first.field}: {first.message} ({first.rule})"
-            if first
-            else ""
-        )
-        raise NnshipError(
-            f"{summary.rejects} of {summary.rows} rows rejected ({summary.rejects / summary.rows:.1%}), "
-            f"more than --max-reject-fraction {o.max_reject_fraction}{example}"
-        )
+    raise NnshipError(
+        f"{summary.rejects} of {summary.rows} rows rejected ({summary.rejects / summary.rows:.1%}), "
+        f"more than --max-reject-fraction {o.max_reject_fraction}{quoted}"
+    )
 
 
 def summary_line(summary: Summary) -> str:
