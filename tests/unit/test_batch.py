@@ -268,3 +268,19 @@ def test_a_block_read_on_its_own_equals_the_streamed_one(tmp_path):
             else:
                 np.testing.assert_array_equal(alone.features, block.features)
         assert read_block_at(tmp_path / name, spec, 300, len(streamed)) is None
+
+
+def test_without_ray_the_engine_says_so_in_one_line(monkeypatch, tmp_path):
+    import importlib.util
+
+    from nnship.batch import ray_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real(n, *a)
+    )
+    with pytest.raises(
+        NnshipError,
+        match=r"^--engine ray needs Ray, an optional extra: pip install 'nnship\[ray\]'$",
+    ):
+        ray_engine.require_ray()
