@@ -227,3 +227,29 @@ def test_sequences_from_npy_and_json_arrays_of_several_lengths(lstm_package, tmp
     np.testing.assert_allclose(got[10:], short, rtol=1e-5, atol=1e-6)
     (reject,) = [json.loads(v) for v in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert (reject["row"], reject["rule"]) == (15, "shape")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_job_runs_on_cuda_in_large_batches(iris_package, tmp_path):
+    from nnship.onnxrt import nvidia_device_present
+
+    if not nvidia_device_present():
+        pytest.skip("no NVIDIA device")
+    tag = _tag(iris_package)
+    df = _iris_rows(tag, 20_000)
+    df.to_parquet(tmp_path / "in.parquet", index=False)
+    s = predict(
+        Options(
+            tag,
+            str(tmp_path / "in.parquet"),
+            tmp_path / "o.parquet",
+            variant="fp32",
+            progress=False,
+        )
+    )
+    assert s.provider == "CUDAExecutionProvider" and s.batch_size == 8192
+    pkg = load_package(tag)
+    x = df[pkg.manifest.input.feature_names].to_numpy().astype(np.float32)
+    want = softmax(cpu_session(pkg.variant_path("fp32"), threads=1).run(None, {"input": x})[0])
+    got = _probabilities(pq.read_table(tmp_path / "o.parquet"), pkg.manifest.output.labels)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # CUDA kernels round differently
