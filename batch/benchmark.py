@@ -108,6 +108,7 @@ def best(runs: list[dict]) -> dict:
 
 
 def ray_installed() -> bool:
+    """Whether the optional Ray extra is there (its figures are left out otherwise)."""
     return importlib.util.find_spec("ray") is not None
 
 
@@ -130,12 +131,14 @@ def in_memory(package: str, rows: str) -> dict:
 
 
 def run_in_memory(package: Path, rows: Path) -> dict:
+    """The in-memory measurement in a process of its own, with its peak RSS."""
     cmd = [sys.executable, "-m", "nnship.batch.benchmark", "--in-memory", str(package), str(rows)]
     stdout, peak = peak_rss(cmd)
     return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
 def _ray_cell(result: dict) -> str:
+    """The Ray figure of a row, where there is one."""
     ray = result.get("ray")
     if ray is None:
         return "–"
@@ -143,6 +146,7 @@ def _ray_cell(result: dict) -> str:
 
 
 def render(results: list[dict]) -> str:
+    """The report as Markdown."""
     lines = [
         "# Batch inference: `nnship predict` against in-process ONNX Runtime",
         "",
@@ -180,6 +184,7 @@ def render(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build the packages, measure, write the report."""
     p = argparse.ArgumentParser(
         prog="python -m nnship.batch.benchmark", description=__doc__.splitlines()[0]
     )

@@ -10,6 +10,7 @@ from nnship.batch.job import PART_ROWS, Options, predict, summary_line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `nnship predict`."""
     p.add_argument(
         "package", metavar="MODEL[:VERSION]|PACKAGE_DIR", help="store tag or package folder"
     )
@@ -93,6 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the job; its summary is the one line on stdout."""
     options = Options(
         package=args.package,
         input=args.input,

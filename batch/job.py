@@ -83,6 +83,7 @@ class Summary:
     output: str = ""
 
     def add(self, entry: dict[str, Any]) -> None:
+        """Count one part."""
         self.rows += entry["rows"]
         self.predicted += entry["predicted"]
         self.rejects += entry["rejects"]
@@ -95,8 +96,9 @@ def staging_dir(output: Path) -> Path:
 
 
 def _check_options(o: Options) -> None:
+    """Each number in its range, refused in one line naming the flag."""
     if o.batch_size < 0:
-        raise NnshipError(f"--batch-size {o.batch_size}: must be at least 1")
+        raise NnshipError(f"--batch-size {o.batch_size}: must be at least 1 (0: the default)")
     if o.part_rows < 1:
         raise NnshipError(f"--part-rows {o.part_rows}: must be at least 1")
     if not 0.0 <= o.max_reject_fraction <= 1.0 or math.isnan(o.max_reject_fraction):
@@ -136,6 +138,7 @@ def _fingerprint(o: Options, files: list[Path], runtime: Any, batch_size: int, f
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+    """What differs between a job's record and the job now asked for, in words."""
     keys = [("package", "the package or variant"), ("inputs", "the input files"), ("options", "")]
     out = []
     for key, what in keys:
@@ -238,6 +241,7 @@ def _prepare(stage: Path, fingerprint: dict, resume: bool) -> dict[str, dict[str
 
 
 def _kept(block: Block, valid: np.ndarray) -> dict[str, pa.Array]:
+    """The --keep columns of a block's valid rows."""
     out = {}
     for name, col in block.keep.items():
         try:
@@ -268,11 +272,13 @@ def check_block(block: Block, spec: Spec, validator: Validator) -> Checked:
 
 
 def _all_rejected(block: Block, rule: str, message: str) -> Checked:
+    """Every row of a block rejected by one rule."""
     rejects = [Reject(str(block.file), int(n), "input", rule, message) for n in block.numbers]
     return Checked(block.rows, np.zeros(0, dtype=np.int64), [], rejects)
 
 
-def _progress(enabled: bool | None, total: int | None) -> Progress:
+def _progress(enabled: bool | None) -> Progress:
+    """A bar of rows, rows/s and time left, drawn only on a terminal unless told otherwise."""
     show = sys.stderr.isatty() if enabled is None else enabled
     return Progress(
         TextColumn("[bold]predict"),
@@ -381,7 +387,7 @@ def _run_local(job: _Job, started: float) -> None:
     o, stage, done, summary = job.options, job.stage, job.done, job.summary
     totals = [total_rows(f) for f in job.files]
     total = None if None in totals else sum(totals)
-    with _progress(o.progress, total) as bar, open(stage / LOG, "a") as journal:
+    with _progress(o.progress) as bar, open(stage / LOG, "a") as journal:
         task = bar.add_task("predict", total=total, rate="")
 
         def write(item: tuple[str, pa.Table, list[dict[str, Any]], int]) -> None:

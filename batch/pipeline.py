@@ -85,6 +85,7 @@ class Consumer:
             raise self._error
 
     def put(self, item: Any) -> None:
+        """Queue an item, waiting while the queue is full."""
         while True:
             self._raise()
             try:

@@ -45,6 +45,7 @@ class Reject:
     message: str
 
     def record(self) -> dict[str, Any]:
+        """As a line of the rejects file."""
         return {
             "file": self.file,
             "row": self.row,

@@ -117,6 +117,7 @@ class Joined:
         self._file = None
 
     def add(self, part: Path, columns: list[str]) -> None:
+        """Append a completed part (its columns name the CSV header)."""
         if self.fmt == "parquet":
             table = pq.read_table(part)
             if self._parquet is None:
