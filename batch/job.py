@@ -395,7 +395,7 @@ def _run_local(job: _Job, started: float) -> None:
             header = job.joined is None
             entry = store_part(stage, key, table, rejects, rows, job.fmt, header)
             if job.joined is not None:
-                job.joined.add(stage / PARTS / entry["file"], table.column_names)
+                job.joined.add(stage / PARTS / entry["file"], table.column_names, table)
             journal.write(json.dumps(entry) + "\n")
             journal.flush()
             job.entries[key] = entry

@@ -107,8 +107,9 @@ def csv_header(names: list[str]) -> bytes:
 
 class Joined:
     """One output file built from the parts as each completes: Parquet parts become its row groups
-    (read back, so a resumed job that re-adds its completed parts writes the same bytes), CSV and
-    JSON Lines parts are appended byte for byte after the CSV header."""
+    (in the part files' types, so that a resumed job, which re-adds its completed parts from their
+    files, writes the same bytes), CSV and JSON Lines parts are appended byte for byte after the
+    CSV header."""
 
     def __init__(self, path: Path, fmt: str):
         self.path, self.fmt = path, fmt
@@ -116,15 +117,16 @@ class Joined:
         self._schema: pa.Schema | None = None
         self._file = None
 
-    def add(self, part: Path, columns: list[str]) -> None:
-        """Append a completed part (its columns name the CSV header)."""
+    def add(self, part: Path, columns: list[str], table: pa.Table | None = None) -> None:
+        """Append a completed part (its columns name the CSV header); a Parquet part's rows come
+        from `table` when given (the part just written), else from the file."""
         if self.fmt == "parquet":
-            table = pq.read_table(part)
             if self._parquet is None:
-                self._schema = table.schema
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
-            try:
-                self._parquet.write_table(table.cast(self._schema))
+                self._schema = pq.read_schema(part)  # the types as a part file holds them
+                self._parquet = pq.ParquetWriter(self.path, self._schema)
+            table = pq.read_table(part) if table is None else table
+            try:  # one chunk per column: the bytes depend on the values alone
+                self._parquet.write_table(table.cast(self._schema).combine_chunks())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise NnshipError(
                     f"{part.name}: its kept columns' types differ from the first part's "
