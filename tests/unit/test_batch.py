@@ -284,3 +284,25 @@ def test_without_ray_the_engine_says_so_in_one_line(monkeypatch, tmp_path):
         match=r"^--engine ray needs Ray, an optional extra: pip install 'nnship\[ray\]'$",
     ):
         ray_engine.require_ray()
+
+
+def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth():
+    from nnship.batch.benchmark import render
+
+    def run(rps, rss):
+        return {"rows": 1000, "rows_per_s": rps, "startup_s": 0.3, "peak_rss_mb": rss}
+
+    result = {
+        "model": "cnn",
+        "dataset": "digits",
+        "1x": {"job": run(900.0, 300.0), "in_memory": run(1000.0, 250.0)},
+        "10x": {
+            "job": run(800.0, 330.0),
+            "in_memory": run(1000.0, 900.0),
+            "ray": run(500.0, 310.0),
+        },
+    }
+    text = render([result])
+    assert "| cnn (digits) | 1,000 (1x) | 900 | 1,000 | 0.90 | met (≥ 0.85) |" in text
+    assert "| 0.80 | missed (≥ 0.85) | 0.3 | 330.0 | 900.0 | 500 (driver 310.0 MB) |" in text
+    assert "peak RSS 300.0 MB at 1x, 330.0 MB at 10x (+10%)" in text
