@@ -290,7 +290,7 @@ def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth(
     from nnship.batch.benchmark import render
 
     def run(rps, rss):
-        return {"rows": 1000, "rows_per_s": rps, "startup_s": 0.3, "peak_rss_mb": rss}
+        return {"rows": 1000, "rows_per_s": rps, "startup_s": 0.3, "peak_rss_mb": rss, "parts": 3}
 
     result = {
         "model": "cnn",
@@ -305,4 +305,4 @@ def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth(
     text = render([result])
     assert "| cnn (digits) | 1,000 (1x) | 900 | 1,000 | 0.90 | met (≥ 0.85) |" in text
     assert "| 0.80 | missed (≥ 0.85) | 0.3 | 330.0 | 900.0 | 500 (driver 310.0 MB) |" in text
-    assert "peak RSS 300.0 MB at 1x, 330.0 MB at 10x (+10%)" in text
+    assert "peak RSS 300.0 MB at 1x (3 parts), 330.0 MB at 10x (3 parts) (+10%)" in text
