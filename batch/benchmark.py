@@ -98,6 +98,7 @@ def run_job(package: Path, rows: Path, out: Path, engine: str = "local") -> dict
     stdout, peak = peak_rss(cmd)
     out.unlink()
     summary = json.loads(stdout.strip().splitlines()[-1])
+    summary.pop("output")  # a temporary path
     return {**summary, "peak_rss_mb": round(peak / 2**20, 1)}
 
 
