@@ -10,7 +10,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench soak fuzz k8s-rules clean
+.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,9 @@ export-bench: setup  ## variants vs PyTorch eager -> reports/export-benchmark.md
 
 serve-bench: setup  ## service vs naive vs echo under wrk -> reports/serving-benchmark.md
 	$(BIN)/python -m nnship.loadtests.benchmark
+
+batch-bench: setup  ## nnship predict vs in-process ONNX Runtime, rows/s and peak RSS -> reports/batch-benchmark.md
+	$(BIN)/python -m nnship.batch.benchmark
 
 soak: setup  ## ~50% of capacity for 10 minutes: worker RSS and event-loop lag -> reports/soak.md
 	$(BIN)/python -m nnship.loadtests.soak --duration 600

@@ -21,6 +21,10 @@ SUBCOMMANDS = {
         "nnship.service.cli",
         "serve a model package over HTTP with BentoML and ONNX Runtime",
     ),
+    "predict": (
+        "nnship.batch.cli",
+        "run a model package over files of rows into a file of predictions",
+    ),
     "build": ("nnship.service.build", "build a Bento holding the service and a stored model"),
     "containerize": (
         "nnship.service.containerize",

@@ -368,10 +368,14 @@ class Validator:
                 )
 
     # -- training range ------------------------------------------------------------------------------
+    def outside(self, x: np.ndarray) -> np.ndarray:
+        """(N, T or 1, features): which values lie outside the training range ± margin."""
+        z = x.reshape(len(x), -1, x.shape[-1]) if self.sequence else x.reshape(len(x), 1, -1)
+        return (z < self.low) | (z > self.high)
+
     def out_of_range(self, x: np.ndarray) -> tuple[list[int], np.ndarray]:
         """(rows with any value outside the training range ± margin, per-feature counts)."""
-        z = x.reshape(len(x), -1, x.shape[-1]) if self.sequence else x.reshape(len(x), 1, -1)
-        bad = (z < self.low) | (z > self.high)  # (N, T or 1, features)
+        bad = self.outside(x)  # (N, T or 1, features)
         rows = np.flatnonzero(bad.any(axis=(1, 2)))
         counts = bad.sum(axis=(0, 1))
         if self.strict_range and len(rows):

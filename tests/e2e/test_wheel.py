@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOP_LEVEL = ("models", "training", "export", "service", "loadtests")
+TOP_LEVEL = ("models", "training", "export", "service", "loadtests", "batch")
 SUBPACKAGES = tuple(f"nnship.{name}" for name in TOP_LEVEL)
 
 
@@ -132,7 +132,7 @@ def test_installed_wheel_imports_as_nnship_only(installed):
     )
 
 
-@pytest.mark.parametrize("command", ["train", "export", "serve"])
+@pytest.mark.parametrize("command", ["train", "export", "serve", "predict"])
 def test_installed_console_script_help(installed, command):
     _, venv, env, cwd = installed
     proc = _run([str(venv / "bin" / "nnship"), command, "--help"], env, cwd)

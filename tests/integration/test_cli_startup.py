@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-STAGES = ("nnship.training", "nnship.export", "nnship.service", "nnship.loadtests")
+STAGES = ("nnship.training", "nnship.export", "nnship.service", "nnship.loadtests", "nnship.batch")
 
 
 def loaded_after(argv: list[str]) -> set[str]:
@@ -29,9 +29,10 @@ def test_top_level_help_loads_no_stage():
 
 
 @pytest.mark.parametrize(
-    ("command", "stage"), [("serve", "nnship.service"), ("loadtest", "nnship.loadtests")]
+    ("command", "stage"),
+    [("serve", "nnship.service"), ("loadtest", "nnship.loadtests"), ("predict", "nnship.batch")],
 )
-def test_serve_and_loadtest_help_do_not_load_torch(command, stage):
+def test_serve_loadtest_and_predict_help_do_not_load_torch(command, stage):
     loaded = loaded_after([command, "--help"])
     assert "torch" not in loaded
     assert stage in loaded and "nnship.training" not in loaded
@@ -42,7 +43,7 @@ def test_stage_modules_do_not_import_the_top_level_cli():
     root = Path(__file__).resolve().parents[2]
     users = [
         str(p.relative_to(root))
-        for folder in ("models", "training", "export", "service", "loadtests", "nnship")
+        for folder in ("models", "training", "export", "service", "loadtests", "batch", "nnship")
         for p in sorted((root / folder).rglob("*.py"))
         if re.search(r"^\s*(from nnship\.cli import|import nnship\.cli)", p.read_text(), re.M)
     ]

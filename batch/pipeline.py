@@ -1,0 +1,101 @@
+"""Reading and writing beside inference: a reader thread and a writer thread, each behind a bounded
+queue (ONNX Runtime releases the GIL while it runs, so the three overlap)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Prefetch:
+    """Iterates `items` on a thread, at most `depth` ahead; the thread's error is raised here."""
+
+    def __init__(self, items: Iterable[Any], depth: int = 2):
+        self._items = items
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="nnship-read", daemon=True)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as e:  # carried to the consumer
+            self._put(_Failed(e))
+
+    def __enter__(self) -> Iterator[Any]:
+        self._thread.start()
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Consumer:
+    """Calls `handle` on each item put, on a thread, at most `depth` items behind; its first error
+    is raised by the next `put` or by `close`."""
+
+    def __init__(self, handle: Callable[[Any], None], depth: int = 2):
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="nnship-write", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not _END:
+            if self._error is None:
+                try:
+                    self._handle(item)
+                except BaseException as e:
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: Any) -> None:
+        """Queue an item, waiting while the queue is full."""
+        while True:
+            self._raise()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Wait for every item put to be handled."""
+        self._queue.put(_END)
+        self._thread.join()
+        self._raise()
