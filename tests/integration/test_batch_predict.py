@@ -36,6 +36,28 @@ def _iris_rows(tag: str, n: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def _predict_parquet(tag: str, df: pd.DataFrame, tmp_path: Path, **options):
+    """Write the rows as in.parquet and run the job into o.parquet; its summary."""
+    df.to_parquet(tmp_path / "in.parquet", index=False)
+    return predict(
+        Options(
+            tag,
+            str(tmp_path / "in.parquet"),
+            tmp_path / "o.parquet",
+            variant="fp32",
+            progress=False,
+            **options,
+        )
+    )
+
+
+def _fp32_reference(tag: str, df: pd.DataFrame) -> np.ndarray:
+    """In-process ONNX Runtime's probabilities for the rows, fp32 on the CPU."""
+    pkg = load_package(tag)
+    x = df[pkg.manifest.input.feature_names].to_numpy().astype(np.float32)
+    return softmax(cpu_session(pkg.variant_path("fp32"), threads=1).run(None, {"input": x})[0])
+
+
 def _probabilities(table, labels) -> np.ndarray:
     return np.stack([table.column(f"p_{label}").to_numpy() for label in labels], axis=1)
 
@@ -44,27 +66,13 @@ def _probabilities(table, labels) -> np.ndarray:
 def test_store_package_output_equals_in_process_onnxruntime(iris_package, tmp_path, batch_size):
     tag = _tag(iris_package)
     df = _iris_rows(tag, 2000)
-    df.to_parquet(tmp_path / "in.parquet", index=False)
-    s = predict(
-        Options(
-            tag,
-            str(tmp_path / "in.parquet"),
-            tmp_path / "o.parquet",
-            keep=["id"],
-            batch_size=batch_size,
-            variant="fp32",
-            threads=1,
-            progress=False,
-            part_rows=700,
-        )
+    s = _predict_parquet(
+        tag, df, tmp_path, keep=["id"], batch_size=batch_size, threads=1, part_rows=700
     )
     assert (s.rows, s.predicted, s.variant) == (2000, 2000, "fp32")
-    pkg = load_package(tag)
-    session = cpu_session(pkg.variant_path("fp32"), threads=1)
-    x = df[pkg.manifest.input.feature_names].to_numpy().astype(np.float32)
-    want = softmax(session.run(None, {"input": x})[0])
+    want = _fp32_reference(tag, df)
     out = pq.read_table(tmp_path / "o.parquet")
-    labels = pkg.manifest.output.labels
+    labels = load_package(tag, variants=[]).manifest.output.labels
     np.testing.assert_allclose(_probabilities(out, labels), want, rtol=1e-5, atol=1e-6)
     assert out.column("prediction").to_pylist() == [labels[i] for i in want.argmax(axis=1)]
     assert out.column("id").to_pylist() == list(range(2000))
@@ -237,19 +245,9 @@ def test_on_a_gpu_the_job_runs_on_cuda_in_large_batches(iris_package, tmp_path):
         pytest.skip("no NVIDIA device")
     tag = _tag(iris_package)
     df = _iris_rows(tag, 20_000)
-    df.to_parquet(tmp_path / "in.parquet", index=False)
-    s = predict(
-        Options(
-            tag,
-            str(tmp_path / "in.parquet"),
-            tmp_path / "o.parquet",
-            variant="fp32",
-            progress=False,
-        )
-    )
+    s = _predict_parquet(tag, df, tmp_path)
     assert s.provider == "CUDAExecutionProvider" and s.batch_size == 8192
-    pkg = load_package(tag)
-    x = df[pkg.manifest.input.feature_names].to_numpy().astype(np.float32)
-    want = softmax(cpu_session(pkg.variant_path("fp32"), threads=1).run(None, {"input": x})[0])
-    got = _probabilities(pq.read_table(tmp_path / "o.parquet"), pkg.manifest.output.labels)
+    want = _fp32_reference(tag, df)
+    labels = load_package(tag, variants=[]).manifest.output.labels
+    got = _probabilities(pq.read_table(tmp_path / "o.parquet"), labels)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # CUDA kernels round differently
