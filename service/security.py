@@ -34,6 +34,15 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 V2_METADATA = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/ready)?")
+V2_INFER = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
+# The body types each route reads; no header reads as JSON, as BentoML and Triton take it. v2 infer
+# also takes the binary tensor extension's body (a JSON header then raw tensor bytes), which
+# clients send as application/octet-stream or with no type; /predict also takes CSV with a header row.
+JSON_TYPES = ("application/json", "")
+BODY_TYPES = {
+    "/predict": (*JSON_TYPES, "text/csv"),
+    "v2-infer": (*JSON_TYPES, "application/octet-stream"),
+}
 READS = frozenset({"GET", "HEAD"})
 ALWAYS_OPEN = frozenset({"/livez", "/healthz"})  # liveness probes, also with protect_all
 OPEN = frozenset(
@@ -182,6 +191,13 @@ def request_id(headers: dict[str, str]) -> str:
     return rid if REQUEST_ID_RE.fullmatch(rid) else os.urandom(12).hex()
 
 
+def body_types(path: str) -> tuple[str, ...]:
+    """The content types a route's body may have (JSON only, unless BODY_TYPES says more)."""
+    if path in BODY_TYPES:
+        return BODY_TYPES[path]
+    return BODY_TYPES["v2-infer"] if V2_INFER.fullmatch(path) else JSON_TYPES
+
+
 def check_path(scope) -> Refusal | None:
     """400 for a path holding control characters (decoded or raw)."""
     if CONTROL.search(scope["path"]) or CONTROL_BYTES.search(scope.get("raw_path") or b""):
@@ -270,13 +286,13 @@ class Guard:
             return None
         return 429, "rate_limited", "rate limit exceeded", retry_after(wait)
 
-    def check_body_headers(self, headers: dict[str, str]) -> Refusal | None:
-        """Content type and declared length of a request that has a body."""
+    def check_body_headers(self, headers: dict[str, str], path: str = "") -> Refusal | None:
+        """Content type (by route, see BODY_TYPES) and declared length of a request with a body."""
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("application/json", ""):  # no header: JSON, as BentoML and Triton take it
-            message = (
-                f"content type {printable(ctype, 64)!r} is not accepted; send application/json"
-            )
+        accepted = body_types(path)
+        if ctype not in accepted:
+            named = " or ".join(t for t in accepted if t)
+            message = f"content type {printable(ctype, 64)!r} is not accepted here; send {named}"
             return 415, "content_type", message, {}
         declared = headers.get("content-length")
         limit = self.settings.max_body_bytes
@@ -327,7 +343,8 @@ class Guard:
             guarded = not self.public(scope["method"], scope["path"], headers)
             with_body = guarded and has_body(headers)
         if refusal is None and guarded:
-            refusal = self.admit((scope.get("client") or ("-",))[0], headers, with_body)
+            addr = (scope.get("client") or ("-",))[0]
+            refusal = self.admit(addr, headers, with_body, scope["path"])
         if refusal is not None:
             await self._reply(send, refusal, rid)
             return
@@ -345,13 +362,15 @@ class Guard:
         else:
             await self.app(scope, receive, send)
 
-    def admit(self, addr: str, headers: dict[str, str], with_body: bool) -> Refusal | None:
+    def admit(
+        self, addr: str, headers: dict[str, str], with_body: bool, path: str = ""
+    ) -> Refusal | None:
         """A guarded request's checks before its body: key, rate limit, content type and length."""
         refusal = self.authenticate(addr, headers) if self.key else None
         if refusal is None:
             refusal = self.limit_rate(addr)
         if refusal is None and with_body:
-            refusal = self.check_body_headers(headers)
+            refusal = self.check_body_headers(headers, path)
         return refusal
 
     async def _forward(self, scope, receive, send, rid: str, with_body: bool) -> None:

@@ -254,3 +254,25 @@ def test_non_ascii_key_bytes_compared_as_sent(keyed):
     """The guard compares the header's bytes: a latin-1 byte never matches an ASCII key."""
     status, _, _ = call(keyed(), "POST", "/predict", [("x-api-key", KEY + "\u00e9")])
     assert status == 401
+
+
+@pytest.mark.parametrize(
+    "path, ctype, accepted",
+    [
+        ("/predict", "application/json", True),
+        ("/predict", "text/csv; charset=utf-8", True),
+        ("/predict", "", True),
+        ("/predict", "application/octet-stream", False),
+        ("/v2/models/m/infer", "application/octet-stream", True),
+        ("/v2/models/m/versions/3/infer", "application/json", True),
+        ("/v2/models/m/infer", "text/csv", False),
+        ("/v2/repository/index", "application/octet-stream", False),
+        ("/anything", "text/plain", False),
+    ],
+)
+def test_each_route_takes_only_its_own_body_types(keyed, path, ctype, accepted):
+    refusal = keyed().check_body_headers({"content-type": ctype}, path)
+    assert (refusal is None) is accepted
+    if not accepted:
+        status, reason, message, _ = refusal
+        assert (status, reason) == (415, "content_type") and "application/json" in message
