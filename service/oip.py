@@ -86,6 +86,13 @@ def _tensor_shape(shape: list[int], sequence: bool) -> list[int]:
     return [-1, -1, *shape[1:]] if sequence else [-1, *shape]
 
 
+def _feature_stats(m: Any) -> dict[str, list[float]]:
+    """Each feature's training-split statistics, in feature order: what a client (the load test)
+    needs to draw plausible rows without the package."""
+    stats = m.input.stats
+    return {k: [float(getattr(s, k)) for s in stats] for k in ("mean", "std", "min", "max")}
+
+
 async def model_metadata(request: Request) -> Response:
     svc, err = _service_or_error(request)
     if err:
@@ -113,6 +120,8 @@ async def model_metadata(request: Request) -> Response:
                 "provider": svc.runtime.provider,
                 "task": m.task,
                 "labels": svc.labels,
+                "feature_names": m.input.feature_names,
+                "feature_stats": _feature_stats(m),
             },
         }
     )

@@ -154,6 +154,10 @@ def test_open_inference_protocol_with_tritonclient(server, iris_package):
     meta = client.get_model_metadata("iris-served")
     assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 4]}
     assert {o["name"] for o in meta["outputs"]} == {"output", "probabilities"}
+    params = meta["parameters"]
+    assert params["feature_names"] == iris_package["input"]["feature_names"]
+    for key in ("mean", "std", "min", "max"):
+        assert params["feature_stats"][key] == [s[key] for s in iris_package["input"]["stats"]]
     x = split(load_dataset("iris")).x_test[:3]
     inp = triton.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=False)
