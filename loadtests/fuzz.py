@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import json
 import logging
 import os
@@ -87,6 +89,27 @@ def semantic_refusal(ctx: Any, response: Any, case: Any) -> bool | None:
     if rule not in SEMANTIC_RULES:
         raise AssertionError(f"schema-valid request refused with 422, rule {rule!r}")
     return None
+
+
+def _csv_field(value: Any) -> str:
+    """A number as itself; anything else as its JSON text, which no number reads as."""
+    if type(value) in (int, float):
+        return repr(value)
+    return json.dumps(value)
+
+
+@schemathesis.serializer("text/csv")
+def records_csv(ctx: Any, value: Any) -> bytes:
+    """/predict records as CSV: a header of every key seen (in order), one line per record (a key a
+    record lacks: an empty field); a value that is not a list of records: its JSON text."""
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        return json.dumps(value).encode()
+    header = list(dict.fromkeys(k for r in value for k in r))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([_csv_field(r[k]) if k in r else "" for k in header] for r in value)
+    return out.getvalue().encode()
 
 
 _LOCK = threading.Lock()

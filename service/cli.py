@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import math
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -233,19 +235,24 @@ class Supervisor:
 
 
 def example_curl(url: str, manifest: Manifest, settings: Settings) -> str:
-    """A curl line with one typical row: each feature's training-split median."""
+    """A curl line, pasteable into a POSIX shell, with one typical row (each feature's
+    training-split median): a record keyed by feature name for tabular models."""
     import numpy as np
 
-    shape = manifest.input.shape
-    row = np.array([s.quantiles.q50 for s in manifest.input.stats])
-    if manifest.takes_sequences:  # stats are per feature: repeat them over the time steps
-        row = np.tile(row, (shape[0], 1))
-    example = np.round(row.reshape(shape), 3).tolist()
+    spec = manifest.input
+    row = np.round([s.quantiles.q50 for s in spec.stats], 3)
+    if len(spec.shape) == 1 and not manifest.takes_sequences:
+        example: Any = dict(zip(spec.feature_names, row.tolist(), strict=True))
+    else:
+        if manifest.takes_sequences:  # stats are per feature: repeat them over the time steps
+            row = np.tile(row, (spec.shape[0], 1))
+        example = row.reshape(spec.shape).tolist()
+    body = json.dumps({"inputs": [example]}, separators=(",", ":"))
     key = f' -H "Authorization: Bearer ${settings.api_key_env}"' if settings.api_key() else ""
     return (
-        f"curl -s -X POST {url}/predict -H 'Content-Type: application/json'{key} "
-        f"-d '{{\"inputs\": [{example}]}}'"
-    ).replace("], [", "],[")
+        f"curl -s -X POST {shlex.quote(url + '/predict')} -H 'Content-Type: application/json'{key} "
+        f"-d {shlex.quote(body)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,8 @@ see the request) and when tracing is on (BentoML's layer adds the `x-bentoml-req
 ties a response to its span). Both routes refuse a bad body alike: when BentoML's layer answers, this
 one still reads the body and checks it with the same validator first (unknown fields, a missing
 `inputs`, wrong types and shapes get the same status and body on either route), so BentoML's IO model
-only ever sees valid requests. With BentoML's CORS handling on, a refusal made here is passed through
+only ever sees valid requests. Records keyed by feature name and text/csv bodies, which BentoML's IO
+model does not read, reach its route as the positional JSON rows they hold. With BentoML's CORS handling on, a refusal made here is passed through
 Starlette's CORS middleware with BentoML's own CORS options, so it carries the headers BentoML's route
 would have added.
 
@@ -62,16 +63,41 @@ class PredictEndpoint:
         raw = await _read_body(receive)
         if raw is None:
             return
+        csv_body = _is_csv(scope)
         if self.enabled:
-            response = await svc.predict_json(raw)
-        elif (response := svc.refuse_predict_body(raw)) is None:
-            await self.app(scope, replay_body(raw, receive), send)
-            return
-        elif self.cors is not None:
-            from starlette.middleware.cors import CORSMiddleware
+            response = await svc.predict_json(raw, csv_body)
+        else:
+            checked = svc.route_predict_body(raw, csv_body)
+            if isinstance(checked, bytes):
+                if checked is not raw:  # records or CSV, passed on as the positional rows they hold
+                    scope = _as_json(scope, len(checked))
+                await self.app(scope, replay_body(checked, receive), send)
+                return
+            response = checked
+            if self.cors is not None:
+                from starlette.middleware.cors import CORSMiddleware
 
-            response = CORSMiddleware(response, **self.cors)
+                response = CORSMiddleware(response, **self.cors)
         await response(scope, receive, send)
+
+
+def _is_csv(scope) -> bool:
+    """Whether the body is declared text/csv (the guard in front let only one content type in)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"text/csv"
+    return False
+
+
+def _as_json(scope, length: int) -> dict[str, Any]:
+    """The scope of a request whose body is replaced by `length` bytes of JSON."""
+    headers = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name not in (b"content-type", b"content-length")
+    ]
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % length)]
+    return {**scope, "headers": headers}
 
 
 async def _read_body(receive) -> bytes | None:

@@ -62,6 +62,51 @@ def _rows(validator: Any) -> dict[str, Any]:
     return {"type": "array", "minItems": 1, "maxItems": validator.max_rows, "items": inner}
 
 
+def _records(validator: Any) -> dict[str, Any]:
+    """Records keyed by feature name, 1 <= N <= max_rows (tabular models)."""
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": validator.max_rows,
+        "items": {"$ref": REF.format("PredictRecord")},
+    }
+
+
+def _record(validator: Any) -> dict[str, Any]:
+    """One row keyed by feature name: every feature, in input order, and no other name."""
+    names = validator.feature_names
+    return {
+        "type": "object",
+        "required": list(names),
+        "additionalProperties": False,
+        "properties": {n: _number() for n in names},
+        "description": f"one row keyed by feature name; the features in input order: {names}",
+    }
+
+
+def _flagged(validator: Any) -> dict[str, Any]:
+    """The rows with a value outside the training range, each with the features concerned."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["row", "features"],
+            "additionalProperties": False,
+            "properties": {
+                "row": {"type": "integer", "minimum": 0, "maximum": validator.max_rows - 1},
+                "features": {
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {"enum": list(validator.feature_names)},
+                },
+            },
+        },
+        "description": "one entry per row with a value outside the training range (± margin): "
+        "the row and its features outside it (for sequences, the channels outside it at any step)",
+    }
+
+
 def _dims(validator: Any) -> str:
     return ", ".join(
         "T" if validator.sequence and i == 0 else str(d) for i, d in enumerate(validator.shape)
@@ -81,11 +126,7 @@ def _schemas(svc: Any) -> dict[str, Any]:
         "model": {"type": "string", "enum": [svc.model]},
         "version": {"type": "string", "enum": [svc.version]},
         "variant": {"type": "string", "enum": [svc.runtime.variant]},
-        "out_of_range": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 0, "maximum": v.max_rows - 1},
-            "description": "rows with a value outside the training range (± margin)",
-        },
+        "out_of_range": _flagged(v),
     }
     required = ["model", "version", "variant", "predictions"]
     if svc.classification:
@@ -111,18 +152,32 @@ def _schemas(svc: Any) -> dict[str, Any]:
         }
     object_ = {"type": "object"}
     output_names = list(v.outputs)
+    inputs = {
+        **rows,
+        "description": f"rows shaped [N, {_dims(v)}], 1 <= N <= {v.max_rows}"
+        + (", every row of one sequence length T" if v.sequence else ""),
+    }
+    named: dict[str, Any] = {}
+    if v.named:
+        inputs = {
+            "anyOf": [inputs, _records(v)],
+            "description": f"either positional rows shaped [N, {_dims(v)}], values in feature "
+            f"order, or records keyed by feature name; 1 <= N <= {v.max_rows}, all rows of one "
+            f"form. Features in input order: {v.feature_names}",
+        }
+        named["PredictRecord"] = _record(v)
+        named["PredictCSV"] = {
+            **_records(v),
+            "description": "text/csv: a header row of feature names (any order, each feature once, "
+            "no other column), then one row of numbers per line (blank lines skipped)",
+        }
     return {
+        **named,
         "PredictRequest": {
             "type": "object",
             "required": ["inputs"],
             "additionalProperties": False,
-            "properties": {
-                "inputs": {
-                    **rows,
-                    "description": f"rows shaped [N, {_dims(v)}], 1 <= N <= {v.max_rows}"
-                    + (", every row of one sequence length T" if v.sequence else ""),
-                }
-            },
+            "properties": {"inputs": inputs},
         },
         "PredictAnswer": {
             "type": "object",
@@ -243,7 +298,8 @@ def _schemas(svc: Any) -> dict[str, Any]:
                         "variant": {"type": "string"},
                         "out_of_range": {
                             "type": "string",
-                            "description": "JSON list of the rows outside the training range",
+                            "description": 'JSON list, one {"row", "features"} entry per row '
+                            "outside the training range, as `out_of_range` of /predict",
                         },
                     },
                 },
@@ -407,10 +463,10 @@ def document(
             for status in statuses:
                 paths[path]["get"]["responses"][str(status)] = _json("Error", ERRORS[status])
     predict = paths["/predict"]["post"]
-    predict["requestBody"] = {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": REF.format("PredictRequest")}}},
-    }
+    content = {"application/json": {"schema": {"$ref": REF.format("PredictRequest")}}}
+    if svc.validator.named:
+        content["text/csv"] = {"schema": {"$ref": REF.format("PredictCSV")}}
+    predict["requestBody"] = {"required": True, "content": content}
     predict["responses"] = _responses("PredictAnswer", INFER_STATUSES)
     paths.update(_v2_paths(svc))
     if keyed:

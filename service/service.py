@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import time
@@ -187,7 +188,7 @@ class NnshipService:
 
     # -- answers --------------------------------------------------------------------------------------
     def answer(
-        self, x: np.ndarray, out: np.ndarray, flagged: list[int], counts: np.ndarray
+        self, x: np.ndarray, out: np.ndarray, flagged: list[dict[str, Any]], counts: np.ndarray
     ) -> dict[str, Any]:
         if flagged:
             for f in np.flatnonzero(counts):
@@ -263,22 +264,32 @@ class NnshipService:
             return refusal
         return JSONResponse(self.answer(x, out, flagged, counts))
 
-    async def predict_json(self, raw: bytes) -> JSONResponse:
-        """/predict for a raw body, as `service/endpoint.py` receives it."""
-        return await self.respond(self.validator.predict_body, raw)
+    async def predict_json(self, raw: bytes, csv_body: bool = False) -> JSONResponse:
+        """/predict for a raw body (JSON, or CSV when `csv_body`), as `service/endpoint.py`
+        receives it."""
+        parse = self.validator.predict_csv if csv_body else self.validator.predict_body
+        return await self.respond(parse, raw)
 
-    def refuse_predict_body(self, raw: bytes) -> JSONResponse | None:
-        """The refusal /predict gives this body on the fast route, or None when it is valid."""
+    def route_predict_body(self, raw: bytes, csv_body: bool = False) -> JSONResponse | bytes:
+        """The refusal /predict gives this body on the fast route, or the JSON body BentoML's route
+        is to answer: the body itself for positional rows, those rows in that form for records and
+        CSV (BentoML's IO model takes positional JSON only)."""
         try:
-            self.validator.predict_body(raw)
+            x, positional = self.validator.predict_request(raw, csv_body)
         except RequestError as e:
             return self.reject(e, REQUEST_ID.get())
-        return None
+        return raw if positional else json.dumps({"inputs": x.tolist()}).encode()
 
     @bentoml.api(route="/predict")
     async def predict(
         self,
-        inputs: Annotated[list, Field(description="rows shaped [N, *input_shape], numbers only")],
+        inputs: Annotated[
+            list,
+            Field(
+                description="rows shaped [N, *input_shape], numbers only (tabular models: or "
+                "records keyed by feature name)"
+            ),
+        ],
     ) -> dict[str, Any]:
         """Predict labels and probabilities (classification) or values (regression) for N rows."""
         return await self.respond(self.validator.predict_inputs, inputs)

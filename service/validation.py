@@ -3,8 +3,11 @@ in a way that changes a value (pydantic strict mode, not BentoML's converting nu
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import re
 from typing import Annotated, Any
 
 import numpy as np
@@ -28,6 +31,10 @@ F32_MAX = float(np.finfo(np.float32).max)
 BYTES_PER_VALUE = 64
 BODY_OVERHEAD = 64 << 10
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# a CSV value: a decimal number as JSON writes it, with optional sign and surrounding blanks
+CSV_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+CSV_NON_FINITE = re.compile(r"\s*[+-]?(?:nan|inf|infinity)\s*", re.IGNORECASE)
+MAX_NAMES = 5  # client-given names quoted in one message
 
 # closed set of rejection reasons (metric label values)
 REASONS = (
@@ -124,6 +131,13 @@ class Validator:
         classification = manifest.classification
         self.outputs = ("output", "probabilities") if classification else ("output",)
         self.feature_names = spec.feature_names
+        # records keyed by feature name (and CSV): tabular models with one unique name per value
+        self.named = (
+            len(self.shape) == 1
+            and not self.sequence
+            and len(set(self.feature_names)) == len(self.feature_names) == self.shape[0]
+        )
+        self.name_set = frozenset(self.feature_names) if self.named else frozenset()
         lo = np.array([s.min for s in spec.stats])
         hi = np.array([s.max for s in spec.stats])
         pad = range_margin * np.maximum(hi - lo, 1e-12)
@@ -138,10 +152,16 @@ class Validator:
         self.flat = TypeAdapter(list[Number])
         rows = max_rows * (self.max_seq if self.sequence else 1)
         values = rows * math.prod(self.shape[1:] if self.sequence else self.shape)
-        self.max_body = BODY_OVERHEAD + BYTES_PER_VALUE * values
+        # records repeat every feature name in every row (at most 6 bytes per character, escaped)
+        names = sum(len(json.dumps(n)) + 2 for n in self.feature_names) if self.named else 0
+        self.max_body = BODY_OVERHEAD + BYTES_PER_VALUE * values + max_rows * names
 
     def parse(self, raw: bytes, **options: Any) -> Any:
         """A request body as JSON, refused unparsed when it is larger than any valid request."""
+        self._check_size(raw)
+        return parse_json(raw, **options)
+
+    def _check_size(self, raw: bytes) -> None:
         if len(raw) > self.max_body:
             raise RequestError(
                 status=413,
@@ -149,10 +169,10 @@ class Validator:
                 loc=[],
                 rule="model_body_limit",
                 message=f"a {len(raw)}-byte body is larger than any valid request for this model "
-                f"(at most {self.max_body} bytes: {BYTES_PER_VALUE} per value plus "
-                f"{BODY_OVERHEAD // 1024} KiB)",
+                f"(at most {self.max_body} bytes: {BYTES_PER_VALUE} per value"
+                + (", the feature names of each record" if self.named else "")
+                + f" plus {BODY_OVERHEAD // 1024} KiB)",
             )
-        return parse_json(raw, **options)
 
     # -- errors ----------------------------------------------------------------------------------
     def _from_pydantic(self, e: ValidationError, field: str) -> RequestError:
@@ -187,6 +207,8 @@ class Validator:
         elif kind in ("too_short", "too_long"):
             reason, rule = "shape", "shape"
             msg = f"axis {depth} has length {err['ctx']['actual_length']}, expected {self.shape[depth - 1]}"
+        elif kind == "list_type" and depth == 1 and isinstance(value, dict):
+            return self._record_refusal(loc[0], first_is_record=False)
         elif kind == "list_type":
             reason, rule = "shape", "rank"
             msg = f"expected a list at depth {depth} (inputs are [N, {', '.join(map(str, self.shape))}])"
@@ -194,22 +216,34 @@ class Validator:
             reason, rule, msg = "malformed", kind, err["msg"]
         return RequestError(status=400, reason=reason, loc=[field, *loc], rule=rule, message=msg)
 
-    def _finish(self, x: np.ndarray, field: str) -> np.ndarray:
+    def _finish(self, x: np.ndarray, field: str, by_name: bool = False) -> np.ndarray:
+        """float64 values -> float32, refusing the first one past float32's range (`by_name`: the
+        loc names the feature instead of its position)."""
         big = np.abs(x) > F32_MAX
         if big.any():
-            where = [int(i) for i in np.argwhere(big)[0]]
+            where: list[Any] = [int(i) for i in np.argwhere(big)[0]]
+            value = x[tuple(where)]
+            if by_name:
+                where[-1] = self.feature_names[where[-1]]
             raise RequestError(
                 status=400,
                 reason="overflow",
                 loc=[field, *where],
                 rule="float32_range",
-                message=f"{x[tuple(where)]:.4g} overflows float32",
+                message=f"{value:.4g} overflows float32",
             )
         return x.astype(np.float32)
 
     # -- the two request formats -----------------------------------------------------------------------
     def predict_body(self, raw: bytes) -> np.ndarray:
         """A whole /predict body: a JSON object holding `inputs` and nothing else."""
+        return self.predict_request(raw)[0]
+
+    def predict_request(self, raw: bytes, csv_body: bool = False) -> tuple[np.ndarray, bool]:
+        """A whole /predict body (JSON, or CSV when `csv_body`) -> (float32 array, whether it held
+        positional rows in JSON, the form BentoML's route takes)."""
+        if csv_body:
+            return self.predict_csv(raw), False
         body = self.parse(raw)
         if not isinstance(body, dict):
             raise RequestError(
@@ -236,10 +270,14 @@ class Validator:
                 rule="unknown_field",
                 message="unknown field; the body holds only `inputs`",
             )
-        return self.predict_inputs(body["inputs"])
+        inputs = body["inputs"]
+        return self.predict_inputs(inputs), not _records(inputs)
 
     def predict_inputs(self, value: Any) -> np.ndarray:
-        """`{"inputs": [[...], ...]}` shaped [N, *input_shape] -> float32 array."""
+        """`{"inputs": [[...], ...]}` shaped [N, *input_shape], or records keyed by feature name
+        (tabular models) -> float32 array."""
+        if _records(value):
+            return self._predict_records(value)
         try:
             rows = self.rows.validate_python(value)
         except ValidationError as e:
@@ -256,6 +294,183 @@ class Validator:
                     "sequences of one length",
                 )
         return self._finish(np.asarray(rows, dtype=np.float64), "inputs")
+
+    # -- records keyed by feature name, and CSV --------------------------------------------------------
+    def _predict_records(self, rows: list[Any]) -> np.ndarray:
+        """`[{"name": value, ...}, ...]`: every feature once, no other name; values under the rules
+        of positional rows, their loc naming the row and the feature."""
+        if not self.named:
+            raise self._record_refusal(0, first_is_record=True)
+        if len(rows) > self.max_rows:
+            raise RequestError(
+                status=400,
+                reason="too_many_rows",
+                loc=["inputs"],
+                rule="max_rows",
+                message=f"{len(rows)} rows exceed the limit of {self.max_rows}",
+            )
+        names, expected = self.feature_names, self.name_set
+        values = []
+        for i, row in enumerate(rows):
+            if type(row) is not dict:
+                raise self._record_refusal(i, first_is_record=True)
+            if row.keys() != expected:
+                raise self._names_refusal(list(row), ["inputs", i], "feature")
+            values.append([row[n] for n in names])
+        try:
+            checked = self.rows.validate_python(values)
+        except ValidationError as e:
+            err = self._from_pydantic(e, "inputs")
+            if len(err.loc) > 2 and isinstance(err.loc[2], int):
+                err.loc[2] = names[err.loc[2]]
+            raise err from None
+        return self._finish(np.asarray(checked, dtype=np.float64), "inputs", by_name=True)
+
+    def _record_refusal(self, row: int, first_is_record: bool) -> RequestError:
+        """A record where this model takes only positional rows, or rows of both kinds."""
+        if not self.named:
+            message = (
+                f"this model takes positional arrays shaped [N, {', '.join(map(str, self.shape))}]; "
+                "records keyed by feature name are accepted for tabular models only"
+            )
+            return RequestError(
+                status=400,
+                reason="shape",
+                loc=["inputs", row],
+                rule="positional_required",
+                message=message,
+            )
+        kinds = (
+            ("a positional row", "a record")
+            if first_is_record
+            else ("a record", "a positional list")
+        )
+        return RequestError(
+            status=400,
+            reason="shape",
+            loc=["inputs", row],
+            rule="one_row_form",
+            message=f"row {row} is {kinds[0]} but row 0 is {kinds[1]}: all rows of a request are "
+            "either positional lists or records keyed by feature name",
+        )
+
+    def _names_refusal(self, given: list[Any], loc: list[Any], noun: str) -> RequestError:
+        """Names that are not the model's features, or features left out (unknown ones first)."""
+        unknown = [n for n in given if n not in self.name_set]
+        present = set(given)
+        missing = [n for n in self.feature_names if n not in present]
+        parts = []
+        if unknown:
+            parts.append(f"unknown {noun} name(s) {_names(unknown)}")
+        if missing:
+            parts.append(f"missing feature(s) {_names(missing)}")
+        return RequestError(
+            status=400,
+            reason="shape",
+            loc=loc,
+            rule="unknown_features" if unknown else "missing_features",
+            message="; ".join(parts) + f"; every one of the model's {len(self.feature_names)} "
+            f"features is required ({_names(self.feature_names)}), no other name",
+        )
+
+    def predict_csv(self, raw: bytes) -> np.ndarray:
+        """A text/csv body: a header row of feature names (any order), then one row per line (blank
+        lines skipped); row numbers in refusals count data lines from 1."""
+        self._check_size(raw)
+        if not self.named:
+            raise RequestError(
+                status=400,
+                reason="shape",
+                loc=[],
+                rule="positional_required",
+                message="CSV bodies are accepted for tabular models only; this model takes "
+                f"positional JSON arrays shaped [N, {', '.join(map(str, self.shape))}]",
+            )
+        try:
+            text = raw.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not a name
+        except UnicodeDecodeError as e:
+            raise _csv_refusal([], f"the body is not valid UTF-8: {e}") from None
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = next((r for r in reader if r), None)
+            if header is None:
+                raise RequestError(
+                    status=400,
+                    reason="empty",
+                    loc=[],
+                    rule="csv_header",
+                    message="the CSV body is empty; it needs a header row of feature names, then "
+                    "one row per line",
+                )
+            rows = self._csv_rows(reader, header)
+        except csv.Error as e:
+            raise _csv_refusal([], f"line {reader.line_num}: {e}") from None
+        return rows
+
+    def _csv_rows(self, reader: Any, header: list[str]) -> np.ndarray:
+        """The data rows under `header`, as float32 in the model's feature order."""
+        if len(set(header)) != len(header):
+            seen: set[str] = set()
+            twice = [n for n in header if n in seen or seen.add(n)]
+            raise RequestError(
+                status=400,
+                reason="shape",
+                loc=["header"],
+                rule="duplicate_column",
+                message=f"column(s) {_names(twice)} appear more than once in the header",
+            )
+        if set(header) != self.name_set:
+            raise self._names_refusal(header, ["header"], "column")
+        width = len(header)
+        rows: list[list[str]] = []
+        for row in reader:
+            if not row:
+                continue
+            if len(rows) == self.max_rows:
+                raise RequestError(
+                    status=400,
+                    reason="too_many_rows",
+                    loc=["row", len(rows) + 1],
+                    rule="max_rows",
+                    message=f"more than {self.max_rows} rows (the limit)",
+                )
+            if len(row) != width:
+                raise RequestError(
+                    status=400,
+                    reason="shape",
+                    loc=["row", len(rows) + 1],
+                    rule="csv_columns",
+                    message=f"{len(row)} values for the header's {width} columns",
+                )
+            rows.append(row)
+        if not rows:
+            raise RequestError(
+                status=400,
+                reason="empty",
+                loc=[],
+                rule="non_empty_batch",
+                message="the batch has no rows: the CSV body holds only its header",
+            )
+        x = np.empty((len(rows), width), dtype=np.float64)
+        for r, row in enumerate(rows):
+            if not all(map(CSV_NUMBER.fullmatch, row)):
+                j = next(j for j, v in enumerate(row) if not CSV_NUMBER.fullmatch(v))
+                raise _csv_value_refusal(r + 1, header[j], row[j])
+            x[r] = [float(v) for v in row]
+        column = {n: j for j, n in enumerate(header)}
+        x = x[:, [column[n] for n in self.feature_names]]
+        bad = ~np.isfinite(x) | (np.abs(x) > F32_MAX)  # not finite: too large for a double
+        if bad.any():
+            r, j = (int(i) for i in np.argwhere(bad)[0])
+            name = self.feature_names[j]
+            raise RequestError(
+                status=400,
+                reason="overflow",
+                loc=["row", r + 1, name],
+                rule="float32_range",
+                message=f"{_short(rows[r][column[name]].strip())} overflows float32",
+            )
+        return x.astype(np.float32)
 
     def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
         """An Open Inference Protocol v2 request -> (float32 array, requested output names).
@@ -373,14 +588,19 @@ class Validator:
         z = x.reshape(len(x), -1, x.shape[-1]) if self.sequence else x.reshape(len(x), 1, -1)
         return (z < self.low) | (z > self.high)
 
-    def out_of_range(self, x: np.ndarray) -> tuple[list[int], np.ndarray]:
-        """(rows with any value outside the training range ± margin, per-feature counts)."""
+    def out_of_range(self, x: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """(one `{"row", "features"}` entry per row with a value outside the training range ± margin,
+        naming its features as the manifest does: each value of a tabular row or image, each
+        channel of a sequence at any step; per-feature value counts)."""
         bad = self.outside(x)  # (N, T or 1, features)
-        rows = np.flatnonzero(bad.any(axis=(1, 2)))
+        per_row = bad.any(axis=1)  # (N, features), as batch jobs' out_of_range column
+        rows = np.flatnonzero(per_row.any(axis=1))
         counts = bad.sum(axis=(0, 1))
-        if self.strict_range and len(rows):
+        if not len(rows):
+            return [], counts
+        if self.strict_range:
             r = int(rows[0])
-            f = int(np.flatnonzero(bad[r].any(axis=0))[0])
+            f = int(np.flatnonzero(per_row[r])[0])
             raise RequestError(
                 status=422,
                 reason="out_of_range",
@@ -389,7 +609,50 @@ class Validator:
                 message=f"feature {self.feature_names[f]} is outside the training range "
                 f"[{self.low[f]:.4g}, {self.high[f]:.4g}] (strict mode)",
             )
-        return [int(r) for r in rows], counts
+        names = self.feature_names
+        flagged = [
+            {"row": int(r), "features": [names[f] for f in np.flatnonzero(per_row[r])]}
+            for r in rows
+        ]
+        return flagged, counts
+
+
+def _records(value: Any) -> bool:
+    """Whether /predict inputs come as records keyed by feature name (judged by the first row)."""
+    return type(value) is list and bool(value) and type(value[0]) is dict
+
+
+def _names(names: list[Any]) -> str:
+    """A few names for a message, each cut short, and how many more there are."""
+    shown = ", ".join(_short(n) for n in names[:MAX_NAMES])
+    more = len(names) - MAX_NAMES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _csv_refusal(loc: list[Any], message: str) -> RequestError:
+    """A CSV body that cannot be read as CSV."""
+    return RequestError(status=400, reason="malformed", loc=loc, rule="csv", message=message)
+
+
+def _csv_value_refusal(row: int, column: str, text: str) -> RequestError:
+    """A CSV value that is not a finite decimal number."""
+    if CSV_NON_FINITE.fullmatch(text):
+        reason, rule, message = (
+            "non_finite",
+            "finite_required",
+            "NaN and ±Infinity are not accepted",
+        )
+    else:
+        reason, rule = "type", "number_required"
+        message = f"expected a number, got {_short(text)}"
+    return RequestError(
+        status=400,
+        reason=reason,
+        loc=["row", row, column],
+        rule=rule,
+        message=f"{message} (row {row} of the data, counted from 1 after the header; column "
+        f"{_short(column)})",
+    )
 
 
 def _carried(error: RequestError) -> PydanticCustomError:

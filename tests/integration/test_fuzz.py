@@ -36,8 +36,18 @@ def test_document_describes_the_loaded_model(server):
     doc = httpx.get(f"{url}/docs.json").json()
     assert {f"{m.upper()} {p}" for p, item in doc["paths"].items() for m in item} == ROUTES
     schemas = doc["components"]["schemas"]
-    rows = schemas["PredictRequest"]["properties"]["inputs"]
-    assert (rows["minItems"], rows["maxItems"]) == (1, 64)
+    rows, records = schemas["PredictRequest"]["properties"]["inputs"]["anyOf"]
+    assert (
+        (rows["minItems"], rows["maxItems"])
+        == (1, 64)
+        == (records["minItems"], records["maxItems"])
+    )
+    assert schemas["PredictRecord"]["required"] == [
+        "sepal length (cm)",
+        "sepal width (cm)",
+        "petal length (cm)",
+        "petal width (cm)",
+    ]
     row = rows["items"]
     assert (row["minItems"], row["maxItems"]) == (4, 4)
     assert row["items"] == {

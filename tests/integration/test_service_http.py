@@ -221,7 +221,8 @@ def test_metrics_families_move_and_stay_bounded(server):
         content='{"inputs": [[1, 2, NaN, 4]]}',
         headers={"content-type": "application/json"},
     )
-    assert post(url, {"inputs": [[500.0, 3.5, 1.4, 0.2]]}).json()["out_of_range"] == [0]
+    flagged = [{"row": 0, "features": ["sepal length (cm)"]}]
+    assert post(url, {"inputs": [[500.0, 3.5, 1.4, 0.2]]}).json()["out_of_range"] == flagged
     after = metrics(url)
     assert counter(after, "nnship_predictions") - counter(before, "nnship_predictions") == 3
     assert (

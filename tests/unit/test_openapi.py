@@ -68,3 +68,23 @@ def test_every_status_documented_and_base_untouched():
     assert set(doc["paths"]["/readyz"]["get"]["responses"]) == {"200", "401", "429", "500", "503"}
     assert set(doc["paths"]["/livez"]["get"]["responses"]) == {"200", "500"}
     assert BASE["paths"]["/predict"]["post"]["responses"] == {}
+
+
+def test_tabular_records_csv_and_named_out_of_range():
+    doc = document(BASE, served("mlp", [3]))
+    schemas = doc["components"]["schemas"]
+    record = schemas["PredictRecord"]
+    assert list(record["properties"]) == record["required"] == ["f0", "f1", "f2"]
+    assert record["additionalProperties"] is False
+    positional, records = schemas["PredictRequest"]["properties"]["inputs"]["anyOf"]
+    assert _axes(positional)[0] == [(1, 8), (3, 3)]
+    assert records["items"] == {"$ref": "#/components/schemas/PredictRecord"}
+    content = doc["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "text/csv"}
+    assert "header row of feature names" in schemas["PredictCSV"]["description"]
+    entry = schemas["PredictAnswer"]["properties"]["out_of_range"]["items"]
+    assert entry["required"] == ["row", "features"]
+    assert entry["properties"]["features"]["items"] == {"enum": ["f0", "f1", "f2"]}
+    image = document(BASE, served("cnn", [1, 2, 3]))
+    assert "PredictRecord" not in image["components"]["schemas"]
+    assert set(image["paths"]["/predict"]["post"]["requestBody"]["content"]) == {"application/json"}

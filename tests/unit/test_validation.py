@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from nnship.contracts import Manifest
 from nnship.service.security import TokenBuckets
 from nnship.service.settings import Settings
 from nnship.service.validation import RequestError, Validator
@@ -104,7 +105,7 @@ def test_values_are_never_changed():
 
 def test_out_of_range_flags_and_strict_mode():
     rows, counts = SEQ.out_of_range(np.array([[[1, 2, 3]], [[1, 50, 3]]], np.float32))
-    assert rows == [1] and counts.tolist() == [0, 1, 0]
+    assert rows == [{"row": 1, "features": ["f1"]}] and counts.tolist() == [0, 1, 0]
     strict = Validator(manifest("gru", [8, 3], 3), max_rows=4, strict_range=True)
     with pytest.raises(RequestError) as e:
         strict.out_of_range(np.array([[[1, -50, 3]]], np.float32))
@@ -246,3 +247,154 @@ def test_one_checked_request_id_reaches_the_app():
 
     asyncio.run(main())
     assert len(seen[0]) == 1 and seen[0][0] == b"good-id"
+
+
+NAMES = ["alcohol", "malic acid", 'it\'s "q"']
+
+
+def tabular(names=NAMES, max_rows=4):
+    """A tabular model whose features have the given names (stats span [0, 10])."""
+    data = manifests.manifest("mlp", (len(names),)).model_dump(mode="json")
+    data["input"]["feature_names"] = names
+    return Validator(Manifest.model_validate(data), max_rows=max_rows)
+
+
+TAB = tabular()
+ROW = {"alcohol": 1, "malic acid": 2, 'it\'s "q"': 3}
+
+
+def refusal(fn, value):
+    """(rule, loc, message) of a refused value."""
+    with pytest.raises(RequestError) as e:
+        fn(value)
+    assert e.value.status == 400
+    return e.value.rule, e.value.loc, e.value.message
+
+
+def test_records_give_the_positional_rows_in_feature_order():
+    records = [
+        {'it\'s "q"': 3, "alcohol": 1, "malic acid": 2.5},
+        {"alcohol": 4, "malic acid": 5, 'it\'s "q"': 6},
+    ]
+    x = TAB.predict_inputs(records)
+    np.testing.assert_array_equal(x, TAB.predict_inputs([[1, 2.5, 3], [4, 5, 6]]))
+    body = json.dumps({"inputs": records}).encode()
+    x2, positional = TAB.predict_request(body)
+    np.testing.assert_array_equal(x2, x)
+    assert not positional and TAB.predict_request(b'{"inputs": [[1, 2, 3]]}')[1]
+
+
+def test_record_names_refused_by_name():
+    rule, loc, msg = refusal(TAB.predict_inputs, [{"alcohol": 1, "malic acid": 2}])
+    assert (rule, loc) == ("missing_features", ["inputs", 0])
+    assert "missing feature(s) 'it\\'s \"q\"'" in msg
+    extra = {**ROW, "proline": 4}
+    rule, loc, msg = refusal(TAB.predict_inputs, [ROW, extra])
+    assert (rule, loc) == ("unknown_features", ["inputs", 1]) and "'proline'" in msg
+    # many unknown names: a few shown, the rest counted; a long or unencodable one cut and escaped
+    many = {f"x{i}": 0 for i in range(40)} | {"\ud800" + "y" * 500: 0}
+    rule, _, msg = refusal(TAB.predict_inputs, [many])
+    assert rule == "unknown_features" and "'x4' and 36 more" in msg and len(msg) < 400
+    msg.encode("utf-8")  # a lone surrogate is escaped
+    assert "x10" not in msg and "missing feature(s) 'alcohol'" in msg
+
+
+def test_record_values_under_the_positional_rules_with_the_feature_in_loc():
+    def bad(value, feature="malic acid"):
+        row = ROW | {feature: value}
+        return refusal(TAB.predict_inputs, [ROW, row])[:2]
+
+    assert bad("2") == ("number_required", ["inputs", 1, "malic acid"])
+    assert bad(True) == ("number_required", ["inputs", 1, "malic acid"])
+    assert bad(None, "alcohol") == ("number_required", ["inputs", 1, "alcohol"])
+    assert bad(float("nan")) == ("finite_required", ["inputs", 1, "malic acid"])
+    assert bad(1e300, 'it\'s "q"') == ("float32_range", ["inputs", 1, 'it\'s "q"'])
+    assert bad(10**400) == ("float32_range", ["inputs", 1, "malic acid"])
+    rows = [ROW] * 5
+    assert refusal(TAB.predict_inputs, rows)[:2] == ("max_rows", ["inputs"])
+
+
+def test_rows_of_one_form_per_request():
+    record = ROW
+    rule, loc, msg = refusal(TAB.predict_inputs, [record, [1, 2, 3]])
+    assert (rule, loc) == ("one_row_form", ["inputs", 1]) and "positional lists or records" in msg
+    assert refusal(TAB.predict_inputs, [[1, 2, 3], record])[:2] == ("one_row_form", ["inputs", 1])
+    assert refusal(TAB.predict_inputs, [record, 7])[:2] == ("one_row_form", ["inputs", 1])
+
+
+def test_image_and_sequence_models_take_positional_arrays_only():
+    for v in (IMG, SEQ):
+        rule, loc, msg = refusal(v.predict_inputs, [{"f0": 1}])
+        assert (rule, loc) == ("positional_required", ["inputs", 0])
+        assert "positional arrays" in msg
+        assert refusal(v.predict_csv, b"f0\n1\n")[0] == "positional_required"
+    assert refusal(IMG.predict_inputs, [[[[1, 2], [3, 4]]], {"f0": 1}])[:2] == (
+        "positional_required",
+        ["inputs", 1],
+    )
+
+
+CSV_HEAD = b'malic acid,"it\'s ""q""",alcohol\r\n'
+
+
+def test_csv_rows_in_any_column_order():
+    x = TAB.predict_csv(b"\xef\xbb\xbf" + CSV_HEAD + b"2.5,3,1\r\n\r\n 5 ,6e0,-4\n")
+    np.testing.assert_array_equal(x, TAB.predict_inputs([[1, 2.5, 3], [-4, 5, 6]]))
+    assert TAB.predict_request(CSV_HEAD + b"2.5,3,1\n", csv_body=True)[1] is False
+
+
+def test_csv_refusals_name_the_row_and_the_column():
+    def csv(body):
+        return refusal(TAB.predict_csv, body)
+
+    assert csv(b"")[0] == "csv_header" and csv(b"\n\n")[0] == "csv_header"
+    assert csv(CSV_HEAD)[0] == "non_empty_batch"
+    rule, loc, msg = csv(CSV_HEAD + b"1,2,3\n1,abc,3\n")
+    assert (rule, loc) == ("number_required", ["row", 2, 'it\'s "q"']) and "'abc'" in msg
+    assert "row 2" in msg
+    assert csv(CSV_HEAD + b"1,2,\n")[:2] == ("number_required", ["row", 1, "alcohol"])
+    assert csv(CSV_HEAD + b"1_0,2,3\n")[:2] == ("number_required", ["row", 1, "malic acid"])
+    assert csv(CSV_HEAD + b"1,NaN,3\n")[:2] == ("finite_required", ["row", 1, 'it\'s "q"'])
+    assert csv(CSV_HEAD + b"1,-inf,3\n")[0] == "finite_required"
+    assert csv(CSV_HEAD + b"1,2,1e39\n")[:2] == ("float32_range", ["row", 1, "alcohol"])
+    assert csv(CSV_HEAD + b"1,2,1e999\n")[:2] == ("float32_range", ["row", 1, "alcohol"])
+    assert csv(CSV_HEAD + b"1,2\n")[:2] == ("csv_columns", ["row", 1])
+    assert csv(CSV_HEAD + b"1,2,3\n" * 5)[:2] == ("max_rows", ["row", 5])
+    assert csv(CSV_HEAD + b'1,2,"3\n')[0] == "csv"
+    assert csv(b"\xff,a\n1,2\n")[0] == "csv"
+    rule, loc, msg = csv(b"alcohol,malic acid,proline,x\n1,2,3,4\n")
+    assert (rule, loc) == ("unknown_features", ["header"])
+    assert "'proline', 'x'" in msg and "missing feature(s) 'it\\'s" in msg
+    assert csv(b"alcohol,malic acid\n1,2\n")[0] == "missing_features"
+    assert csv(b"alcohol,alcohol,malic acid\n1,2,3\n")[:2] == ("duplicate_column", ["header"])
+
+
+def test_csv_work_is_linear_in_the_body():
+    """A body at the model's size limit (many rows, or one huge line) is refused after one pass,
+    by the row limit or the field's size, never parsed value by value past it."""
+    v = tabular(max_rows=1000)
+    body = CSV_HEAD + b"1,2,3\n" * 1001
+    assert len(body) < v.max_body and refusal(v.predict_csv, body)[:2] == (
+        "max_rows",
+        ["row", 1001],
+    )
+    line = CSV_HEAD + b"1,2," + b"9" * (v.max_body - len(CSV_HEAD) - 10) + b"\n"
+    assert refusal(v.predict_csv, line)[0] in ("csv", "float32_range")
+    with pytest.raises(RequestError) as e:
+        v.predict_csv(b"x" * (v.max_body + 1))
+    assert e.value.rule == "model_body_limit"
+
+
+def test_out_of_range_names_the_features():
+    x = np.array([[1, 2, 3], [50, 2, -50], [1, 2, 3]], np.float32)
+    flagged, counts = TAB.out_of_range(x)
+    assert flagged == [{"row": 1, "features": ["alcohol", 'it\'s "q"']}]
+    assert counts.tolist() == [1, 0, 1]
+    assert TAB.out_of_range(x[[0, 2]])[0] == []
+    # images: each pixel is a feature of its own; sequences: a channel at any step
+    img = np.zeros((2, 1, 2, 2), np.float32)
+    img[1, 0, 1, 0] = 99
+    assert IMG.out_of_range(img)[0] == [{"row": 1, "features": ["f2"]}]
+    seq = np.ones((1, 4, 3), np.float32)
+    seq[0, 1, 2] = seq[0, 3, 2] = seq[0, 2, 0] = -9
+    assert SEQ.out_of_range(seq)[0] == [{"row": 0, "features": ["f0", "f2"]}]
