@@ -68,6 +68,7 @@ def headline(manifest: Manifest) -> str:
 def report_text(manifest: Manifest) -> str:
     """report.md: how it was measured, the default and why, one table row per variant."""
     reference, m = manifest.pytorch, manifest.measured_on or {}
+    diff = diff_header(manifest).replace("|", "\\|")  # a bare | would split the table cell
     t, batch = reference.speed, m.get("bench_batch")
     objective = manifest.choice.objective if manifest.choice else "—"
     lines = [
@@ -86,7 +87,7 @@ def report_text(manifest: Manifest) -> str:
         "`rows/s served`: batched rows/s, or batch-1 rows/s (per-request) for a variant whose graph "
         "ties rows of one call together, which the service runs one request per call.",
         "",
-        f"| variant | shipped | metric | Δ vs fp32 | {diff_header(manifest)} "
+        f"| variant | shipped | metric | Δ vs fp32 | {diff} "
         f"| p50 / p99 ms (batch 1) | p50 speed-up vs PyTorch | rows/s batched @{batch} (vs PyTorch) "
         "| rows/s served | size | note |",
         "| --- " * 11 + "|",
@@ -113,12 +114,12 @@ def summary_lines(manifest: Manifest) -> list[str]:
     return lines
 
 
-def _bars(ax, names: list[str], values: list[float], colors: list[str], hatches=None) -> None:
-    """One panel's bars, each value written on its bar."""
+def _bars(ax, names: list[str], values: list[float], colors: list[str], fmt: str, hatches=None):
+    """One panel's bars, each value written on its bar in `fmt`."""
     bars = ax.bar(names, values, color=colors)
     for bar, hatch in zip(bars, hatches or [""] * len(bars), strict=True):
         bar.set_hatch(hatch)
-    ax.bar_label(bars, fmt="{:,.4g}", fontsize=7)
+    ax.bar_label(bars, fmt=fmt, fontsize=7)
     ax.tick_params(axis="x", rotation=25)
 
 
@@ -140,11 +141,11 @@ def report_figure(manifest: Manifest) -> Figure:
     fig = Figure(figsize=(13, 4.2))
     a, b, c = fig.subplots(1, 3)
     p50 = [reference.speed.p50_ms, *[v.speed.p50_ms for v in measured.values()]]
-    _bars(a, names, p50, colors)
+    _bars(a, names, p50, colors, "{:.4f}")
     a.set(ylabel="ms", title="batch-1 latency p50 (lower is better)")
-    _bars(b, names, served, colors, hatches)
+    _bars(b, names, served, colors, "{:,.0f}", hatches)
     b.set(ylabel="rows/s", title=f"throughput as served, batch {batch} (higher is better)")
-    _bars(c, names, metric, colors)
+    _bars(c, names, metric, colors, "{:.4f}")
     lo, hi = min(metric), max(metric)
     c.set(ylim=(lo - 0.05 * max(abs(lo), 1e-3), hi + 0.05 * max(abs(hi), 1e-3)))
     c.set(ylabel=manifest.metric, title=f"{manifest.metric} on the test split")

@@ -1,5 +1,7 @@
 """Training plots and the export report figure: titles, kept-epoch marker, R²/MAE, panels."""
 
+import re
+
 import numpy as np
 from matplotlib.colors import to_hex
 
@@ -135,6 +137,7 @@ def test_report_figure_panels_mark_the_default_and_per_request_serving(tmp_path)
     assert names == ["pytorch", "fp32", "int8-dynamic", "int8-static"]
     heights = [p.get_height() for p in thr.patches]
     assert heights == [50_000, 100_000, 190_000, 400_000]
+    assert [t.get_text() for t in thr.texts] == ["50,000", "100,000", "190,000", "400,000"]
     assert [p.get_height() for p in lat.patches] == [0.1, 0.020, 0.023, 0.010]
     colors = [to_hex(p.get_facecolor()) for p in met.patches]
     assert colors[2] == to_hex("tab:green") and colors.count(to_hex("tab:green")) == 1
@@ -156,7 +159,9 @@ def test_report_table_states_what_parity_measures(tmp_path):
     assert diff_header(m) == "max |Δ probability| vs PyTorch"
     text = report_text(m)
     header = next(line for line in text.splitlines() if line.startswith("| variant"))
-    assert "max |Δ probability| vs PyTorch" in header and "rows/s served" in header
+    assert r"| max \|Δ probability\| vs PyTorch |" in header and "rows/s served" in header
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert {len(re.split(r"(?<!\\)\|", line)) for line in rows} == {13}  # 11 cells in every row
     dyn = next(line for line in text.splitlines() if line.startswith("| int8-dynamic"))
     assert "2.00e-03" in dyn and "43,478 (per-request)" in dyn and "fewer rows/s as served" in dyn
     assert "| fp32 |" in text and "**default**" in text.split("| fp32 |")[1].splitlines()[0]
