@@ -92,7 +92,8 @@ def render(results: dict, families: list) -> tuple[list[str], bool]:
         )
         ok &= passed
         summary.append(
-            f"| {model}/{dataset} | {default} | {' / '.join(f'{u:.2f}x' for u in ups)} "
+            f"| {model}/{dataset} | {default} ({m.choice.objective}) "
+            f"| {' / '.join(f'{u:.2f}x' for u in ups)} "
             f"| {' / '.join(f'{t:.2f}x' for t in tps)} | p50 ≥ {bar}x, rows/s ≥ {THROUGHPUT_BAR}x "
             f"| {m.variants[default].metric_delta:+.4f} | {'pass' if passed else 'FAIL'} |"
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from nnship.export.choose import BALANCED_P50, DEFAULT_OBJECTIVE, OBJECTIVES
 from nnship.export.package import ExportOptions, export_run
+from nnship.export.report import summary_lines
 from nnship.export.variants import VARIANTS
 
 
@@ -16,6 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.003,
         help="largest test-metric loss against fp32 that the default variant may have",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=DEFAULT_OBJECTIVE,
+        help="what the default variant is best at: latency (lowest batch-1 p50), throughput (most "
+        f"rows/s as the service runs it), balanced (most rows/s with p50 at most {BALANCED_P50}x "
+        f"fp32's); default {DEFAULT_OBJECTIVE}",
     )
     p.add_argument(
         "--variants",
@@ -48,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         name=args.name,
         accuracy_budget=args.accuracy_budget,
+        objective=args.objective,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         out=args.out,
         overwrite=args.overwrite,
@@ -59,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     where = f"{m.model}:{m.version}" if m.version else (args.out or f"{args.run_dir}/package")
     print(f"exported {where}: shipped {', '.join(m.shipped)}; default {m.default_variant}")
     print(f"  {m.default_reason}")
+    print("\n".join(summary_lines(m)))
     return 0
 
 

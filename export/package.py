@@ -26,14 +26,15 @@ from nnship.contracts import (
 )
 from nnship.errors import NnshipError
 from nnship.export.bench import measure_rounds, ort_runner, torch_runner
-from nnship.export.choose import choose_default
+from nnship.export.choose import DEFAULT_OBJECTIVE, OBJECTIVES, choose_default
 from nnship.export.onnx_export import export_onnx
 from nnship.export.parity import ParityError, check_parity, edge_batches, run_session, run_torch
 from nnship.export.report import write_report
 from nnship.export.variants import VARIANTS, build_variant
 from nnship.io import plain_dir_mode, sha256_file, staged_dir
 from nnship.models import RECURRENT, Network
-from nnship.onnxrt import CPU, cpu_session
+from nnship.numeric import softmax
+from nnship.onnxrt import CPU, batch_coupled_ops, cpu_session
 from nnship.package import is_package
 from nnship.training.checkpoint import META, load_checkpoint
 from nnship.training.heldout import HeldOutRows, load_heldout
@@ -57,7 +58,8 @@ class ExportOptions:
     max_batch: int = 1000  # largest batch the parity gate runs
     threads: int | None = None  # intra-op threads for every measurement; default: all cores
     store: bool = True  # import the package into the BentoML model store
-    bench_batch: int = 256  # batch size of the throughput measurement
+    bench_batch: int = 128  # batch size of the throughput measurement: the service's max batch
+    objective: str = DEFAULT_OBJECTIVE  # what the default variant is best at (export/choose.py)
     bench_seconds: float = 0.5  # minimum time spent on each latency and throughput measurement
 
 
@@ -199,8 +201,10 @@ def verify_one(
     _, value, full = _metric(run.meta.output.task, outputs, run.rows.y_test)
     if classification:
         agreement = float((outputs.argmax(1) == torch_out.argmax(1)).mean())
+        diff = np.abs(softmax(outputs.astype(np.float64)) - softmax(torch_out.astype(np.float64)))
     else:
         agreement = float(np.abs(outputs - torch_out).max())
+        diff = np.abs(outputs.astype(np.float64) - torch_out)
     if strict and not parity.passed:
         raise ParityError(f"fp32 export disagrees with PyTorch: {parity.problem}; nothing shipped")
     return {
@@ -208,6 +212,11 @@ def verify_one(
         "test_metric": value,
         "metrics": full,
         "agreement_with_pytorch": agreement,
+        "output_diff": {
+            "on": "probabilities" if classification else "raw outputs",
+            "max_abs": float(diff.max()),
+            "rows": len(outputs),
+        },
     }
 
 
@@ -230,6 +239,7 @@ def build_variants(
             path = folder / entry["file"]
             entry.update(verify_one(v, session, run, batches, torch_out))
             entry.update(shipped=True, sha256=sha256_file(path), size_bytes=path.stat().st_size)
+            entry["batch_coupled_ops"] = batch_coupled_ops(path.read_bytes())
             built.sessions[v] = session
         built.results[v] = entry
         progress.done(v)
@@ -276,7 +286,10 @@ def build_manifest(
 ) -> Manifest:
     """The package's manifest, with the default variant chosen, checked against its contract."""
     results, task = built.results, run.meta.output.task
-    default, reason = choose_default(results, opts.accuracy_budget, CPU)
+    choice = choose_default(
+        results, opts.accuracy_budget, CPU, opts.objective, batch=opts.bench_batch
+    )
+    reason = choice.pop("reason")
     gpu = "fp16" if results.get("fp16", {}).get("shipped") else "fp32"
     key, torch_metric, _ = _metric(task, built.torch_out, run.rows.y_test)
     spec = as_json(run.meta)
@@ -302,8 +315,9 @@ def build_manifest(
         },
         "pytorch": {"test_metric": torch_metric, "speed": pytorch},
         "variants": results,
-        "default_variant": default,
+        "default_variant": choice["chosen"],
         "default_reason": reason,
+        "choice": choice,
         "gpu_variant": gpu,
     }
     return parse(Manifest, record, MANIFEST, "nnship model package")
@@ -328,6 +342,8 @@ def check_options(opts: ExportOptions) -> tuple[tuple[str, ...], str, Path, bool
     name = model_name(opts)
     if not 0 <= opts.accuracy_budget < 1:
         raise NnshipError("--accuracy-budget must be in [0, 1)")
+    if opts.objective not in OBJECTIVES:
+        raise NnshipError(f"--objective {opts.objective!r}: valid are {', '.join(OBJECTIVES)}")
     out = Path(opts.out) if opts.out else Path(opts.run_dir) / "package"
     replace = check_out(out, Path(opts.run_dir), opts.out is not None, opts.overwrite)
     return variants, name, out, replace

@@ -40,6 +40,7 @@ Number = StrictFloat  # a JSON number (an integer too); true/false never count a
 Dim = Annotated[StrictInt, Field(gt=0)]
 Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
 Task = Literal["classification", "regression"]
+Objective = Literal["latency", "throughput", "balanced"]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -175,6 +176,15 @@ class Reference(Record):
     speed: Speed
 
 
+class OutputDiff(Record):
+    """The largest difference from PyTorch on the test split, in what a client reads: class
+    probabilities for classification, the raw output for regression."""
+
+    on: Literal["probabilities", "raw outputs"]
+    max_abs: Number
+    rows: Annotated[StrictInt, Field(ge=1)]
+
+
 class Variant(Record):
     """One optimized ONNX file of a package, with its parity, metric and speed figures."""
 
@@ -191,6 +201,8 @@ class Variant(Record):
     speed: Speed | None = None
     metric_delta: Number | None = None
     within_budget: StrictBool | None = None
+    output_diff: OutputDiff | None = None
+    batch_coupled_ops: list[StrictStr] | None = None  # the service runs these one request per call
 
     @field_validator("file")
     @classmethod
@@ -202,6 +214,28 @@ class Variant(Record):
         if self.shipped and self.sha256 is None:
             raise ValueError("sha256: missing for a shipped variant")
         return self
+
+
+class Candidate(Record):
+    """One variant's figures in the choice of the default, and why it lost (None for the winner)."""
+
+    metric: Number | None = None
+    p50_ms: Number | None = None  # batch-1 latency
+    batched_rps: Number | None = None  # rows/s at the measured batch size
+    served_rps: Number | None = None  # rows/s as the service runs the variant
+    served_as: Literal["batched", "per-request"] | None = None
+    lost: StrictStr | None = None
+
+
+class DefaultChoice(Record):
+    """How the default variant was chosen: the objective, its rule and every variant's figures."""
+
+    objective: Objective
+    rule: StrictStr
+    provider: StrictStr
+    batch: Annotated[StrictInt, Field(ge=1)]  # batch size of the batched throughput figures
+    chosen: StrictStr
+    candidates: dict[str, Candidate]
 
 
 class Exporter(Record):
@@ -234,6 +268,7 @@ class Manifest(Record):
     variants: dict[str, Variant]
     default_variant: StrictStr
     default_reason: StrictStr | None = None
+    choice: DefaultChoice | None = None  # absent in packages written before the objective
     gpu_variant: StrictStr | None = None
 
     @model_validator(mode="after")
@@ -244,6 +279,11 @@ class Manifest(Record):
             name = getattr(self, key)
             if name is not None and not self.is_shipped(name):
                 raise ValueError(f"{key}: {name!r} is not a shipped variant")
+        if self.choice is not None and self.choice.chosen != self.default_variant:
+            raise ValueError(
+                f"choice.chosen: {self.choice.chosen!r} is not the default variant "
+                f"{self.default_variant!r}"
+            )
         return self
 
     def is_shipped(self, name: str) -> bool:

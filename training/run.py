@@ -62,7 +62,7 @@ def write_run(
     out: Path, trainer: Trainer, cfg: TrainConfig, ds: Dataset, sp: Splits, metrics: dict[str, Any]
 ) -> None:
     """Write checkpoint, training state, metrics.json and plots into `out`, atomically."""
-    from nnship.training.plots import plot_confusion, plot_curves, plot_regression
+    from nnship.training.plots import headline, plot_confusion, plot_curves, plot_regression
 
     model = trainer.model
     meta = {
@@ -96,9 +96,13 @@ def write_run(
         ckpt.save_checkpoint(tmp, model, meta)
         trainer._save_snapshot(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)
-        plot_curves(tmp / "training_curves.png", trainer.history, ds.task)
+        title = headline(cfg.model, ds.name, metrics)
+        plot_curves(
+            tmp / "training_curves.png", trainer.history, ds.task, title, metrics["best_epoch"]
+        )
         if ds.task == "classification":
             pred = trainer.predict(sp.x_test).argmax(1)
-            plot_confusion(tmp / "confusion_matrix.png", sp.y_test, pred, ds.labels)
+            plot_confusion(tmp / "confusion_matrix.png", sp.y_test, pred, ds.labels, title)
         else:
-            plot_regression(tmp / "predictions.png", sp.y_test, trainer.predict(sp.x_test)[:, 0])
+            pred = trainer.predict(sp.x_test)[:, 0]
+            plot_regression(tmp / "predictions.png", sp.y_test, pred, title)

@@ -170,3 +170,56 @@ def test_unwritable_store_leaves_nothing(tiny_run, tmp_path):
     assert "BentoML model store" in proc.stderr and "not writable" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+def test_objective_and_the_figures_behind_the_choice_go_into_the_manifest(
+    capsys, tiny_run, tmp_path, objective
+):
+    out = tmp_path / "pkg"
+    argv = [str(tiny_run), "--out", str(out), "--no-store", "--objective", objective]
+    rc = main(["export", *argv, "--threads", "1", "--max-batch", "50"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text())
+    choice = m["choice"]
+    assert choice["objective"] == objective and choice["chosen"] == m["default_variant"]
+    assert choice["batch"] == m["measured_on"]["bench_batch"] == 128
+    assert f"(objective {objective})" in m["default_reason"]
+    measured = {n: c for n, c in choice["candidates"].items() if "p50_ms" in c}
+    assert "fp32" in measured and set(choice["candidates"]) == set(m["variants"])
+    for name, c in measured.items():
+        v = m["variants"][name]
+        assert c["p50_ms"] == v["speed"]["p50_ms"] and c["metric"] == v["test_metric"]
+        assert c["batched_rps"] == v["speed"]["throughput_rps"]
+        if v["batch_coupled_ops"]:  # int8-dynamic quantizes activations per call
+            assert c["served_as"] == "per-request" and c["served_rps"] == 1000 / c["p50_ms"]
+        else:
+            assert c["served_as"] == "batched" and c["served_rps"] == c["batched_rps"]
+        assert (c.get("lost") is None) == (name == m["default_variant"])
+    assert m["variants"]["int8-dynamic"]["batch_coupled_ops"] == ["DynamicQuantizeLinear"]
+    assert m["variants"]["fp32"]["batch_coupled_ops"] == []
+    figure = "p50_ms" if objective == "latency" else "served_rps"
+    best = (min if objective == "latency" else max)(
+        c[figure]
+        for n, c in measured.items()
+        if m["variants"][n]["shipped"] and "CPUExecutionProvider" in m["variants"][n]["providers"]
+    )
+    assert measured[m["default_variant"]][figure] == best
+    diff = m["variants"]["fp32"]["output_diff"]
+    assert diff["on"] == "probabilities" and diff["max_abs"] < 1e-5 and diff["rows"] == 30
+    assert (
+        "max |Δ probability| vs PyTorch" in printed
+        and "max |Δ probability| vs PyTorch" in (out / "report.md").read_text()
+    )
+    assert load_package(out).choose_variant("auto", gpu=False) == m["default_variant"]
+
+
+def test_unknown_objective_refused(capsys, tiny_run, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tiny_run), "--out", str(tmp_path / "o"), "--objective", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --objective: invalid choice: 'x'" in err
+    with pytest.raises(NnshipError, match="--objective 'fast': valid are latency"):
+        export_run(ExportOptions(str(tiny_run), out=str(tmp_path / "o"), objective="fast"))
+    assert not (tmp_path / "o").exists()

@@ -16,6 +16,20 @@ from tests.manifests import manifest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _choice(**change) -> dict:
+    """A `choice` record for the in-memory manifest, with fields changed."""
+    fp32 = {"metric": 1.0, "p50_ms": 0.02, "batched_rps": 9e4, "served_rps": 9e4}
+    record = {
+        "objective": "balanced",
+        "rule": "most rows/s",
+        "provider": "CPUExecutionProvider",
+        "batch": 128,
+        "chosen": "fp32",
+        "candidates": {"fp32": {**fp32, "served_as": "batched"}},
+    }
+    return {**record, **change}
+
+
 def _written(tmp_path, edit) -> Path:
     record = {"format": "nnship.package/1", **as_json(manifest())}
     edit(record)
@@ -34,6 +48,17 @@ def _written(tmp_path, edit) -> Path:
         (lambda m: m["input"].update(shape=[0]), "input.shape[0]: "),
         (lambda m: m["input"]["stats"].pop(), "input.stats: 3 entries for 4 features"),
         (lambda m: m.pop("default_variant"), "default_variant: missing"),
+        (
+            lambda m: m.update(choice=_choice(chosen="int8-static")),
+            "choice.chosen: 'int8-static' is",
+        ),
+        (lambda m: m.update(choice=_choice(objective="fastest")), "choice.objective: "),
+        (
+            lambda m: m["variants"]["fp32"].update(
+                output_diff={"on": "logits", "max_abs": 1.0, "rows": 3}
+            ),
+            "variants.fp32.output_diff.on: ",
+        ),
     ],
 )
 def test_a_bad_field_is_refused_in_one_line_naming_file_and_field(tmp_path, edit, problem):
@@ -49,6 +74,14 @@ def test_a_written_manifest_reads_back_unchanged(tmp_path):
     path = _written(tmp_path, lambda m: None)
     assert as_json(read_manifest(path)) == json.loads(path.read_text())
     assert read_manifest(path).takes_sequences is False
+    assert read_manifest(path).choice is None  # written before the objective: still loads
+
+
+def test_the_choice_of_the_default_reads_back_typed(tmp_path):
+    path = _written(tmp_path, lambda m: m.update(choice=_choice()))
+    m = read_manifest(path)
+    assert as_json(m) == json.loads(path.read_text())
+    assert m.choice.objective == "balanced" and m.choice.candidates["fp32"].served_as == "batched"
 
 
 def test_published_schemas_are_current():
