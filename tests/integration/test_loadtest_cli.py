@@ -8,6 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
+from nnship.loadtests.slo import LOCUSTFILE
 from tests.server import iris_env, running_server
 
 RUN = ("--duration", "3s", "--users", "2", "--slo-p99-ms", "5000")
@@ -38,6 +39,13 @@ def lstm_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def regression_server(tmp_path_factory):
     tag = _stored(tmp_path_factory, "mlp", "diabetes", "diabetes-reg", 2)
+    with running_server({"NNSHIP_MODEL": tag, "NNSHIP_THREADS": "1"}) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def cnn_server(tmp_path_factory):
+    tag = _stored(tmp_path_factory, "cnn", "digits", "digits-small", 1)
     with running_server({"NNSHIP_MODEL": tag, "NNSHIP_THREADS": "1"}) as (url, _):
         yield url
 
@@ -79,6 +87,31 @@ def test_a_regression_service_needs_nothing_but_its_url(regression_server):
     proc = _loadtest("--host", regression_server + "/")
     _passed(proc)
     assert "model diabetes-reg, 1024 rows of shape [10] drawn" in proc.stdout
+
+
+def test_an_image_service_under_nnship_loadtest_and_under_locust_itself(cnn_server):
+    proc = _loadtest("--host", cnn_server)
+    _passed(proc)
+    assert "model digits-small, 1024 rows of shape [1, 8, 8] drawn" in proc.stdout
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        cnn_server,
+    ]
+    locust = subprocess.run(  # the scenario alone draws its rows from the server's metadata too
+        [*cmd, "-u", "2", "-r", "2", "-t", "3s", "--only-summary"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={k: v for k, v in os.environ.items() if not k.startswith("NNSHIP_")},
+    )
+    assert locust.returncode == 0, locust.stderr[-3000:]  # Locust exits 1 on any failed request
+    assert "/predict" in locust.stderr and "/v2/infer" in locust.stderr
 
 
 def test_real_rows_from_a_csv_with_its_label_column(regression_server, tmp_path):
