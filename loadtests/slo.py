@@ -106,16 +106,16 @@ def run(args: argparse.Namespace) -> int:
             )
         table = {r["Name"]: r for r in csv.DictReader(stats.open())}
         first = json.loads(failure.read_text()) if failure.exists() else None
-    predict, total = table.get("/predict", {"50%": "-", "99%": "nan"}), table["Aggregated"]
+    predict, total = table.get("/predict", {}), table["Aggregated"]  # no row: no /predict answered
     p99, failures, requests = (
-        float(predict["99%"] or "nan"),
+        _ms(predict.get("99%")),
         int(total["Failure Count"]),
         int(total["Request Count"]),
     )
     rps = float(total["Requests/s"])
     ok = failures == 0 and p99 <= args.slo_p99_ms and requests > 0
     print(
-        f"loadtest {host}: {requests} requests, {rps:.1f} req/s, /predict p50 {predict['50%']} ms "
+        f"loadtest {host}: {requests} requests, {rps:.1f} req/s, /predict p50 {_ms(predict.get('50%')):.0f} ms "
         f"p99 {p99:.0f} ms, {failures} failures -> {'PASS' if ok else 'FAIL'} "
         f"(SLO p99 <= {args.slo_p99_ms} ms, zero failures)"
     )
@@ -125,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
             f"{' '.join((first['body'] or first['error']).split())}"
         )
     return 0 if ok else 1
+
+
+def _ms(cell: str | None) -> float:
+    """A latency cell of Locust's stats CSV; NaN where it has none ("N/A", empty, missing)."""
+    try:
+        return float(cell or "nan")
+    except ValueError:
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
