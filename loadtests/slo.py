@@ -1,9 +1,12 @@
-"""`nnship loadtest`: run the Locust scenario headless and gate on errors and p99 latency."""
+"""`nnship loadtest`: run the Locust scenario headless against any served model and gate on errors
+and p99 latency. The model and its row shape come from the server's v2 metadata; the rows are drawn
+from the training statistics it lists, or read from a file of real rows."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +14,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from nnship.errors import NnshipError
+from nnship.loadtests.rows import (
+    SEQ_LEN,
+    auth_headers,
+    drawn_rows,
+    file_rows,
+    served_model,
+)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -21,15 +33,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--duration", default="60s", help="Locust run time, e.g. 30s, 2m")
     p.add_argument("--slo-p99-ms", type=float, default=50.0, help="p99 latency bound for /predict")
-    p.add_argument("--dataset", default="digits", help="data set whose test rows are sent")
-    p.add_argument("--model", default="digits-cnn", help="model name for the /v2 calls")
+    p.add_argument("--model", help="the served model's name (default: the one the server names)")
+    p.add_argument(
+        "--rows",
+        metavar="FILE",
+        help="send real rows from a CSV, Parquet, JSON Lines or NPY file (default: rows drawn "
+        "from the model's training statistics)",
+    )
+    p.add_argument(
+        "--target", metavar="COL", help="the label column of a --rows CSV or Parquet file"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn rows")
+    p.add_argument(
+        "--seq-len", type=int, default=SEQ_LEN, help="time steps of drawn sequences (RNN models)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if shutil.which("locust") is None and not (Path(sys.executable).parent / "locust").exists():
         raise NnshipError("locust is not installed: pip install 'nnship[loadtest]'")
+    if args.target and not args.rows:
+        raise NnshipError("--target names the label column of a --rows file; pass --rows FILE")
+    if args.seq_len < 1:
+        raise NnshipError(f"--seq-len {args.seq_len}: must be at least 1")
+    host = args.host.rstrip("/")
+    api_key = os.environ.get("NNSHIP_API_KEY")
+    served = served_model(host, args.model, auth_headers(api_key))
+    rows = (
+        file_rows(args.rows, served, args.target)
+        if args.rows
+        else drawn_rows(served, seed=args.seed, seq_len=args.seq_len)
+    )
+    source = args.rows or f"drawn from the training statistics (seed {args.seed})"
+    print(
+        f"loadtest {host}: model {served.name}, {len(rows)} rows of shape {list(rows.shape[1:])} {source}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "run"
+        np.save(Path(tmp) / "rows.npy", rows)
+        failure = Path(tmp) / "first-failure.json"
         cmd = [
             sys.executable,
             "-m",
@@ -38,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             str(LOCUSTFILE),
             "--headless",
             "--host",
-            args.host,
+            host,
             "-u",
             str(args.users),
             "-r",
@@ -51,28 +93,46 @@ def run(args: argparse.Namespace) -> int:
             "--exit-code-on-error",
             "0",
         ]
-        env = {"NNSHIP_LOADTEST_DATASET": args.dataset, "NNSHIP_LOADTEST_MODEL": args.model}
+        env = {
+            "NNSHIP_LOADTEST_ROWS": str(Path(tmp) / "rows.npy"),
+            "NNSHIP_LOADTEST_MODEL": served.name,
+            "NNSHIP_LOADTEST_FAILURE": str(failure),
+        }
         proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
         stats = Path(f"{prefix}_stats.csv")
         if proc.returncode != 0 or not stats.exists():
             raise NnshipError(
                 f"locust failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
             )
-        rows = {r["Name"]: r for r in csv.DictReader(stats.open())}
-    predict, total = rows["/predict"], rows["Aggregated"]
+        table = {r["Name"]: r for r in csv.DictReader(stats.open())}
+        first = json.loads(failure.read_text()) if failure.exists() else None
+    predict, total = table.get("/predict", {}), table["Aggregated"]  # no row: no /predict answered
     p99, failures, requests = (
-        float(predict["99%"]),
+        _ms(predict.get("99%")),
         int(total["Failure Count"]),
         int(total["Request Count"]),
     )
     rps = float(total["Requests/s"])
     ok = failures == 0 and p99 <= args.slo_p99_ms and requests > 0
     print(
-        f"loadtest {args.host}: {requests} requests, {rps:.1f} req/s, /predict p50 {predict['50%']} ms "
+        f"loadtest {host}: {requests} requests, {rps:.1f} req/s, /predict p50 {_ms(predict.get('50%')):.0f} ms "
         f"p99 {p99:.0f} ms, {failures} failures -> {'PASS' if ok else 'FAIL'} "
         f"(SLO p99 <= {args.slo_p99_ms} ms, zero failures)"
     )
+    if first is not None:
+        print(
+            f"first failure: {first['request']} -> status {first['status']}: "
+            f"{' '.join((first['body'] or first['error']).split())}"
+        )
     return 0 if ok else 1
+
+
+def _ms(cell: str | None) -> float:
+    """A latency cell of Locust's stats CSV; NaN where it has none ("N/A", empty, missing)."""
+    try:
+        return float(cell or "nan")
+    except ValueError:
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

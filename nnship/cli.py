@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from nnship import __version__
 from nnship.runner import run_guarded
 
 SUBCOMMANDS = {
@@ -34,6 +35,7 @@ SUBCOMMANDS = {
         "nnship.loadtests.slo",
         "load-test a running service with Locust and gate on an SLO",
     ),
+    "models": ("nnship.store", "list the nnship models in the BentoML model store, or prune them"),
 }
 
 
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = _chosen(argv)
     parser = argparse.ArgumentParser(prog="nnship", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nnship {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -89,7 +89,9 @@ def _store_path(ref: str) -> Path:
     try:
         return Path(bentoml.models.get(tag).path)
     except NotFound as e:
-        raise NnshipError(f"model {ref} is not in the BentoML model store") from e
+        from nnship.store import available
+
+        raise NnshipError(f"model {ref} is not in the BentoML model store; {available()}") from e
     except Exception as e:  # a corrupt or missing model.yaml, an unreadable store folder, ...
         problem = one_line(f"{type(e).__name__}: {e}")
         raise NnshipError(f"model {ref}: the BentoML model store cannot read it: {problem}") from e

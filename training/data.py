@@ -22,7 +22,7 @@ SPLIT_SEED = 0  # fixed by contract: the split never depends on the training see
 
 @dataclass
 class Dataset:
-    name: str
+    name: str  # a built-in name, or a user file's name with its suffix (never a built-in name)
     x: np.ndarray  # (N, *input_shape) float32
     y: np.ndarray  # (N,) int64 class index, or float32 target
     task: str  # classification | regression
@@ -178,7 +178,7 @@ def _table(path: Path, target: str | None, task: str) -> Dataset:
     task = _infer_task(y_raw) if task == "auto" else task
     y, labels = _encode_target(y_raw, task, path.name)
     return Dataset(
-        path.stem,
+        path.name,
         _as_float32(x, path.name),
         y,
         task,
@@ -223,7 +223,7 @@ def _npz(path: Path, task: str) -> Dataset:
     layout = {2: "tabular", 3: "sequence", 4: "image"}[x.ndim]
     nfeat = x.shape[-1] if layout == "sequence" else int(np.prod(x.shape[1:]))
     return Dataset(
-        path.stem,
+        path.name,
         _as_float32(x, path.name),
         y,
         task,

@@ -306,8 +306,6 @@ def test_loadtest_slo_gate(server):
         "4",
         "--duration",
         "4s",
-        "--dataset",
-        "iris",
         "--model",
         "iris-served",
     ]
