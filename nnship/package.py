@@ -77,8 +77,9 @@ def _fits(declared: int, dim: Any) -> bool:
     return not isinstance(dim, int) or dim < 0 or dim == declared
 
 
-def _store_path(ref: str) -> Path:
-    """The folder of a store model; any failure of BentoML's lookup is refused in one line."""
+def stored_model(ref: str) -> Any:
+    """A model of BentoML's store by tag (`latest` or no version: the newest); any failure of the
+    lookup is refused in one line, a missing model with the nnship models the store does hold."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -87,7 +88,7 @@ def _store_path(ref: str) -> Path:
     except Exception as e:  # ValueError, or BentoMLException for more than one ':'
         raise NnshipError(f"invalid model tag {ref!r}: {one_line(str(e))}") from e
     try:
-        return Path(bentoml.models.get(tag).path)
+        return bentoml.models.get(tag)
     except NotFound as e:
         from nnship.store import available
 
@@ -95,6 +96,11 @@ def _store_path(ref: str) -> Path:
     except Exception as e:  # a corrupt or missing model.yaml, an unreadable store folder, ...
         problem = one_line(f"{type(e).__name__}: {e}")
         raise NnshipError(f"model {ref}: the BentoML model store cannot read it: {problem}") from e
+
+
+def _store_path(ref: str) -> Path:
+    """The folder of a store model."""
+    return Path(stored_model(ref).path)
 
 
 def load_package(ref: str | Path, variants: list[str] | None = None) -> Package:

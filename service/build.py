@@ -14,8 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nnship.errors import NnshipError
-
 log = logging.getLogger(__name__)
 
 SERVICE = "nnship.service.service:NnshipService"
@@ -45,12 +43,9 @@ def source_tree(ctx: Path) -> None:
 
 def resolve_model(ref: str) -> str:
     """The stored model's full tag (NAME:VERSION); `latest` or no version picks the newest."""
-    import bentoml
+    from nnship.package import stored_model
 
-    try:
-        return str(bentoml.models.get(ref).tag)
-    except Exception as e:  # NotFound, or an invalid tag
-        raise NnshipError(f"model {ref} is not in the BentoML model store: {e}") from e
+    return str(stored_model(ref).tag)
 
 
 def build_bento(ref: str, version: str | None = None) -> str:

@@ -78,12 +78,9 @@ def model_package(ref: str) -> tuple[Path, str]:
     """(the package folder, a name:version) for a stored model or a package directory."""
     if Path(ref).is_dir():
         return Path(ref), Path(ref).resolve().name
-    import bentoml
+    from nnship.package import stored_model
 
-    try:
-        model = bentoml.models.get(ref)
-    except Exception as e:  # NotFound, or an invalid tag
-        raise NnshipError(f"model {ref} is not in the BentoML model store: {e}") from e
+    model = stored_model(ref)
     return Path(model.path), str(model.tag)
 
 
@@ -136,8 +133,8 @@ def containerize(
     """Build the serving image for model `ref`; returns its tag."""
     if not (RECIPE / "Containerfile").is_file():
         raise NnshipError(f"{RECIPE / 'Containerfile'}: missing; containerize runs from a checkout")
+    package, name = model_package(ref)  # a missing model is named whether or not an engine is
     tool = engine()
-    package, name = model_package(ref)
     tag = tag or f"localhost/nnship-{name.replace(':', ':v-')}{'-gpu' if gpu else ''}".lower()
     with tempfile.TemporaryDirectory(prefix="nnship-image-") as tmp:
         context(Path(tmp), package, requirements(gpu))

@@ -129,10 +129,22 @@ def test_a_model_the_store_lacks_is_refused_naming_the_ones_it_holds():
     assert "nnship models in the store: " in message and present in message
 
 
-def test_serve_of_a_missing_model_is_one_line_naming_the_available(tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "missing-model", "--port", str(free_port())],
+        ["build", "missing-model"],
+        ["containerize", "missing-model"],
+        ["predict", "missing-model", "--input", "rows.csv", "--output", "out.csv"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_every_command_refuses_a_missing_model_naming_the_available(tmp_path, command):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty-home")}
+    (tmp_path / "rows.csv").write_text("a\n1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "nnship.cli", "serve", "missing-model", "--port", str(free_port())],
+        [sys.executable, "-m", "nnship.cli", *command],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
