@@ -440,6 +440,8 @@ def _v2_paths(svc: Any) -> dict[str, Any]:
             }
         },
     }
+    for action in ("load", "unload"):
+        paths[f"/v2/repository/models/{{name}}/{action}"] = {"post": _model_control(action, tag)}
     for version in (False, True):
         base = "/v2/models/{name}" + ("/versions/{version}" if version else "")
         suffix = "_version" if version else ""
@@ -480,6 +482,26 @@ def _v2_paths(svc: Any) -> dict[str, Any]:
             }
         }
     return paths
+
+
+def _model_control(action: str, tags: list[str]) -> dict[str, Any]:
+    """Triton's model control: refused, this server serves the one model it started with."""
+    responses = {str(s): _json("Error", ERRORS[s]) for s in (401, 415, 429, 500)}
+    responses["400"] = _json(
+        "Error", "Always: this server serves one model; loading and unloading is refused"
+    )
+    return {
+        "operationId": f"v2_repository_{action}",
+        "tags": tags,
+        "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": responses,
+    }
 
 
 def _op(op_id: str, ok: str, statuses: tuple[int, ...], tags: list[str]) -> dict[str, Any]:
