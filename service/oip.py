@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from nnship.service.encoding import Float32JSONResponse, dumps
 from nnship.service.security import REQUEST_ID
-from nnship.service.validation import RequestError, printable
+from nnship.service.validation import RequestError, parse_json, printable
 
 log = logging.getLogger(__name__)
 ECHO_CHARS = 64  # client strings echoed in an error are cut to this many characters
@@ -180,47 +180,60 @@ async def model_config(request: Request) -> Response:
     return JSONResponse(config)
 
 
+INDEX_BODY = 'the body is {} or {"ready": true|false}'
+MAX_INDEX_BODY = 1024  # bytes: an index request's options are a few
+
+
+def _index_options(body: bytes) -> bool:
+    """Whether the repository index request asks for ready models only."""
+    if len(body) > MAX_INDEX_BODY:
+        raise _bad("index_options", INDEX_BODY, [])
+    options = parse_json(body) if body.strip() else {}
+    if not isinstance(options, dict) or set(options) - {"ready"}:
+        raise _bad("index_options", INDEX_BODY, [])
+    ready_only = options.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise _bad("bool_required", "ready must be true or false", ["ready"])
+    return ready_only
+
+
 async def repository_index(request: Request) -> Response:
     """The one model this server serves, with its state; `{"ready": true}` lists only ready ones."""
     svc = STATE.service
     try:
-        body = await request.body()
-        options = json.loads(body) if body.strip() else {}
-    except ValueError:
-        return _refuse(svc, "json", "the body is not valid UTF-8 JSON", [])
-    if not isinstance(options, dict) or set(options) - {"ready"}:
-        return _refuse(svc, "index_options", 'the body is {} or {"ready": true|false}', [])
-    ready_only = options.get("ready", False)
-    if not isinstance(ready_only, bool):
-        return _refuse(svc, "bool_required", "ready must be true or false", ["ready"])
+        ready_only = _index_options(await request.body())
+    except RequestError as e:
+        return _reject(svc, e)
     if svc is None:
         return _error(503, "model is loading")
-    state = {"name": svc.model, "version": svc.version}
-    state.update(state="READY", reason="") if svc.ready else state.update(
-        state="UNAVAILABLE", reason="warming up"
+    if not svc.ready:
+        entry = {"state": "UNAVAILABLE", "reason": "warming up"}
+        return JSONResponse(
+            [] if ready_only else [{"name": svc.model, "version": svc.version, **entry}]
+        )
+    return JSONResponse(
+        [{"name": svc.model, "version": svc.version, "state": "READY", "reason": ""}]
     )
-    return JSONResponse([state] if svc.ready or not ready_only else [])
 
 
 async def model_control(request: Request) -> Response:
     """Loading and unloading models: refused, this server serves one model."""
     svc = STATE.service
     served = f" ({svc.model})" if svc is not None else ""
-    return _refuse(
-        svc,
-        "model_control",
-        f"this server serves one model{served}; loading and unloading models is not supported",
-        ["path"],
-        reason="unsupported",
-    )
+    message = f"this server serves one model{served}; loading and unloading models is not supported"
+    return _reject(svc, _bad("model_control", message, ["path"], reason="unsupported"))
 
 
-def _refuse(
-    svc: Any, rule: str, message: str, loc: list[Any], reason: str = "malformed"
-) -> Response:
-    error = RequestError(status=400, reason=reason, loc=loc, rule=rule, message=message)
+def _bad(rule: str, message: str, loc: list[Any], reason: str = "malformed") -> RequestError:
+    return RequestError(status=400, reason=reason, loc=loc, rule=rule, message=message)
+
+
+def _reject(svc: Any, error: RequestError) -> Response:
+    """The refusal as the service sends it (also before the model is loaded)."""
     if svc is None:
-        return JSONResponse({**error.body(), "request_id": REQUEST_ID.get()}, status_code=400)
+        return JSONResponse(
+            {**error.body(), "request_id": REQUEST_ID.get()}, status_code=error.status
+        )
     return svc.reject(error, REQUEST_ID.get())
 
 

@@ -82,9 +82,18 @@ def test_repository_index_and_no_model_control(server, client):
     for body in ({}, {"ready": True}, {"ready": False}):
         r = httpx.post(f"{url}/v2/repository/index", json=body)
         assert r.status_code == 200 and r.json() == [entry], body
-    for body in ({"ready": "yes"}, {"other": 1}, [1]):
-        r = httpx.post(f"{url}/v2/repository/index", json=body)
-        assert r.status_code == 400, (body, r.text)
+    for body, rule in (
+        ({"ready": "yes"}, "bool_required"),
+        ({"other": 1}, "index_options"),
+        ([1], "index_options"),
+        ("[" * 1000, "json"),  # nested deeper than the parser allows
+        ({"ready": True, "pad": "x" * 2000}, "index_options"),
+    ):
+        raw = body if isinstance(body, str) else json.dumps(body)
+        r = httpx.post(
+            f"{url}/v2/repository/index", content=raw, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400 and r.json()["detail"][0]["type"] == rule, (body, r.text)
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException, match="serves one model"):
