@@ -267,26 +267,34 @@ async def infer(request: Request) -> Response:
     tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
     if svc.classification:
         tensors["probabilities"] = answer["probabilities"]
+    parameters: dict[str, Any] = {"variant": svc.runtime.variant}
+    if flagged:
+        parameters["out_of_range"] = json.dumps(flagged)
+    response: dict[str, Any] = {"model_name": svc.model, "model_version": svc.version}
+    if isinstance(body, dict) and isinstance(body.get("id"), str):
+        response["id"] = printable(body["id"])
+    return _answer(response, tensors, wanted, parameters)
+
+
+def _answer(
+    response: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    wanted: list[tuple[str, bool]],
+    parameters: dict[str, Any],
+) -> Response:
+    """The inference answer: JSON, or (with any output wanted as binary data) the JSON header
+    followed by those outputs' FP32 little-endian bytes, in order."""
     outputs, chunks = [], []
-    for name, binary_out in wanted:
+    for name, binary in wanted:
         t = tensors[name]
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
-        if binary_out:
+        if binary:
             chunks.append(t.astype("<f4", copy=False).tobytes())
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
             entry["data"] = t.reshape(-1)
         outputs.append(entry)
-    response: dict[str, Any] = {
-        "model_name": svc.model,
-        "model_version": svc.version,
-        "outputs": outputs,
-        "parameters": {"variant": svc.runtime.variant},
-    }
-    if isinstance(body, dict) and isinstance(body.get("id"), str):
-        response["id"] = printable(body["id"])
-    if flagged:
-        response["parameters"]["out_of_range"] = json.dumps(flagged)
+    response = {**response, "outputs": outputs, "parameters": parameters}
     if not chunks:
         return Float32JSONResponse(response)
     header = dumps(response)
