@@ -8,6 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
+from nnship.numeric import softmax
 from nnship.training.data import load_dataset, split
 from tests.server import iris_env, running_server
 
@@ -190,18 +191,22 @@ def test_binary_answer_framing_over_raw_http(server, rows):
     assert bad.json()["detail"][0]["type"] == "binary_size_matches_body"
 
 
-def test_json_floats_are_shortest_float32_decimals(server, rows):
+def test_json_floats_are_shortest_float32_decimals(server, client, rows):
+    """/predict's JSON probabilities read back to the exact float32 softmax of the model's logits (from
+    the binary answer), each with no more digits than the shortest decimal of that float32 has."""
+    import tritonclient.http as triton
+
     url, _ = server
+    inp = triton.InferInput("input", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    logits = client.infer(MODEL, [inp]).as_numpy("output")
+    exact = softmax(logits).astype(np.float32).reshape(-1)
     raw = httpx.post(f"{url}/predict", json={"inputs": rows.tolist()}).text
-    tokens = raw.split('"probabilities":')[1].replace("[", "").replace("]", "").rstrip("}")
-    values = [t for t in tokens.split(",") if t]
-    assert len(values) == len(rows) * 3
-    for t in values:
-        f = np.float32(float(t))
-        assert np.format_float_positional(f, unique=True) == np.format_float_positional(
-            np.float32(t), unique=True
-        )
-        # no more digits than the shortest representation of that float32 needs
-        shortest = np.format_float_scientific(f, unique=True, trim="-").split("e")[0]
+    tokens = raw.split('"probabilities":')[1].split("]]")[0].replace("[", "").replace("]", "")
+    values = tokens.split(",")
+    assert len(values) == exact.size
+    for t, v in zip(values, exact, strict=True):
+        assert np.float32(float(t)) == v, (t, v)
+        shortest = np.format_float_scientific(v, unique=True, trim="-").split("e")[0]
         mantissa = t.lower().split("e")[0].replace(".", "").lstrip("0").rstrip("0")
-        assert len(mantissa) <= len(shortest.replace(".", "").lstrip("0").rstrip("0")), t
+        assert len(mantissa) <= len(shortest.replace(".", "").lstrip("0").rstrip("0")), (t, v)
