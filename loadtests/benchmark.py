@@ -1,6 +1,7 @@
 """Serving benchmark: the nnship service vs a naive ONNX Runtime app vs the same stack's echo.
 
     python -m nnship.loadtests.benchmark [--duration 10] [--report reports/serving-benchmark.md]
+    python -m nnship.loadtests.benchmark --v2-encodings   # only the v2 JSON-vs-binary section
 
 Trains and exports two models into a temporary BentoML home (the default digits cnn, and a
 compute-heavy wide mlp), serves each three ways with one worker process each, drives them with wrk at
@@ -411,7 +412,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per measurement cell")
     p.add_argument("--report", default="reports/serving-benchmark.md")
+    p.add_argument(
+        "--v2-encodings",
+        action="store_true",
+        help="only measure v2 JSON vs binary tensor data (CPU per row) and update that section",
+    )
     args = p.parse_args(argv)
+    report = Path(args.report)
+    if args.v2_encodings:
+        from nnship.loadtests import v2encodings
+
+        with tempfile.TemporaryDirectory() as tmp:
+            section = v2encodings.render(v2encodings.run(Path(tmp) / "bentoml"))
+        print(section)
+        text = v2encodings.upsert(report, section)
+        atomic_write(report, lambda f: f.write_text(text))
+        return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -424,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     text, ok = render(results, args.duration)
     print(text)
-    report = Path(args.report)
+    from nnship.loadtests import v2encodings
+
+    text = v2encodings.keep(report, text)  # the v2 section is measured on its own
     report.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(report, lambda f: f.write_text(text))
     atomic_write(

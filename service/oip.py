@@ -1,4 +1,6 @@
-"""Open Inference Protocol v2 (Triton, KServe, MLServer) over the same runtime and adaptive batcher."""
+"""Open Inference Protocol v2 (Triton, KServe, MLServer) over the same runtime and adaptive batcher:
+health, server and model metadata, the model configuration, the repository index and inference, with
+tensor data in JSON or as binary (the binary tensor data extension)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nnship.service.encoding import Float32JSONResponse, dumps
 from nnship.service.security import REQUEST_ID
-from nnship.service.validation import RequestError, printable
+from nnship.service.validation import RequestError, parse_json, printable
 
 log = logging.getLogger(__name__)
 ECHO_CHARS = 64  # client strings echoed in an error are cut to this many characters
+MOUNT = "/v2"  # where BentoML mounts this app
+HEADER_LENGTH = "inference-header-content-length"
+# the protocol extensions this server implements (repository: the index; one model, no load/unload)
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 
 
 class _State:
@@ -69,7 +76,7 @@ def _service_or_error(request: Request) -> tuple[Any, Response | None]:
 async def server_metadata(request: Request) -> Response:
     import nnship
 
-    return JSONResponse({"name": "nnship", "version": nnship.__version__, "extensions": []})
+    return JSONResponse({"name": "nnship", "version": nnship.__version__, "extensions": EXTENSIONS})
 
 
 async def live(request: Request) -> Response:
@@ -127,6 +134,109 @@ async def model_metadata(request: Request) -> Response:
     )
 
 
+def _output_dims(svc: Any) -> list[int]:
+    return [len(svc.labels) if svc.classification else 1]
+
+
+async def model_config(request: Request) -> Response:
+    """The model configuration as Triton writes it (dims without the batch axis, -1 for the
+    sequence axis), with the batching this service does."""
+    svc, err = _service_or_error(request)
+    if err:
+        return err
+    shape = svc.runtime.manifest.input.shape
+    dims = [-1, *shape[1:]] if svc.validator.sequence else list(shape)
+    batcher = svc.batcher
+    config: dict[str, Any] = {
+        "name": svc.model,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": svc.validator.max_rows,
+        "input": [
+            {"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": dims}
+        ],
+        "output": [
+            {"name": name, "data_type": "TYPE_FP32", "dims": _output_dims(svc)}
+            for name in svc.validator.outputs
+        ],
+        "instance_group": [
+            {"count": 1, "kind": "KIND_GPU" if "CUDA" in svc.runtime.provider else "KIND_CPU"}
+        ],
+        "parameters": {
+            "variant": {"string_value": svc.runtime.variant},
+            "version": {"string_value": svc.version},
+        },
+    }
+    if batcher.concatenate:  # a variant with batch-coupled operators runs each request alone
+        config["dynamic_batching"] = {
+            "preferred_batch_size": [batcher.max_batch_size],
+            "max_queue_delay_microseconds": round(batcher.max_wait * 1e6),
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": round(batcher.max_latency * 1e6),
+            },
+        }
+    return JSONResponse(config)
+
+
+INDEX_BODY = 'the body is {} or {"ready": true|false}'
+MAX_INDEX_BODY = 1024  # bytes: an index request's options are a few
+
+
+def _index_options(body: bytes) -> bool:
+    """Whether the repository index request asks for ready models only."""
+    if len(body) > MAX_INDEX_BODY:
+        raise _bad("index_options", INDEX_BODY, [])
+    options = parse_json(body) if body.strip() else {}
+    if not isinstance(options, dict) or set(options) - {"ready"}:
+        raise _bad("index_options", INDEX_BODY, [])
+    ready_only = options.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise _bad("bool_required", "ready must be true or false", ["ready"])
+    return ready_only
+
+
+async def repository_index(request: Request) -> Response:
+    """The one model this server serves, with its state; `{"ready": true}` lists only ready ones."""
+    svc = STATE.service
+    try:
+        ready_only = _index_options(await request.body())
+    except RequestError as e:
+        return _reject(svc, e)
+    if svc is None:
+        return _error(503, "model is loading")
+    if not svc.ready:
+        entry = {"state": "UNAVAILABLE", "reason": "warming up"}
+        return JSONResponse(
+            [] if ready_only else [{"name": svc.model, "version": svc.version, **entry}]
+        )
+    return JSONResponse(
+        [{"name": svc.model, "version": svc.version, "state": "READY", "reason": ""}]
+    )
+
+
+async def model_control(request: Request) -> Response:
+    """Loading and unloading models: refused, this server serves one model."""
+    svc = STATE.service
+    served = f" ({svc.model})" if svc is not None else ""
+    message = f"this server serves one model{served}; loading and unloading models is not supported"
+    return _reject(svc, _bad("model_control", message, ["path"], reason="unsupported"))
+
+
+def _bad(rule: str, message: str, loc: list[Any], reason: str = "malformed") -> RequestError:
+    return RequestError(status=400, reason=reason, loc=loc, rule=rule, message=message)
+
+
+def _reject(svc: Any, error: RequestError) -> Response:
+    """The refusal as the service sends it (also before the model is loaded)."""
+    if svc is None:
+        return JSONResponse(
+            {**error.body(), "request_id": REQUEST_ID.get()}, status_code=error.status
+        )
+    return svc.reject(error, REQUEST_ID.get())
+
+
 async def model_ready(request: Request) -> Response:
     svc, err = _service_or_error(request)
     if err:
@@ -141,10 +251,12 @@ async def infer(request: Request) -> Response:
     if err:
         return err
     rid = REQUEST_ID.get()
-    body_bytes = await request.body()
+    raw = await request.body()
     try:
-        body = svc.validator.parse(body_bytes, parse_constant=_reject_constant)
-        x, wanted = svc.validator.v2_inputs(body)
+        body, binary = svc.validator.v2_body(
+            raw, request.headers.get(HEADER_LENGTH), parse_constant=_reject_constant
+        )
+        x, wanted = svc.validator.v2_inputs(body, binary)
         flagged, counts = svc.validator.out_of_range(x)
     except RequestError as e:
         return svc.reject(e, rid)
@@ -152,28 +264,45 @@ async def infer(request: Request) -> Response:
     if refusal is not None:
         return refusal
     answer = svc.answer(x, out, flagged, counts)
-    tensors = {"output": out.astype(np.float32)}
+    tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
     if svc.classification:
-        tensors["probabilities"] = np.asarray(answer["probabilities"], dtype=np.float32)
-    response: dict[str, Any] = {
-        "model_name": svc.model,
-        "model_version": svc.version,
-        "outputs": [
-            {
-                "name": n,
-                "datatype": "FP32",
-                "shape": list(tensors[n].shape),
-                "data": tensors[n].reshape(-1).tolist(),
-            }
-            for n in wanted or svc.validator.outputs
-        ],
-        "parameters": {"variant": svc.runtime.variant},
-    }
+        tensors["probabilities"] = answer["probabilities"]
+    parameters: dict[str, Any] = {"variant": svc.runtime.variant}
+    if flagged:
+        parameters["out_of_range"] = json.dumps(flagged)
+    response: dict[str, Any] = {"model_name": svc.model, "model_version": svc.version}
     if isinstance(body, dict) and isinstance(body.get("id"), str):
         response["id"] = printable(body["id"])
-    if flagged:
-        response["parameters"]["out_of_range"] = json.dumps(flagged)
-    return JSONResponse(response)
+    return _answer(response, tensors, wanted, parameters)
+
+
+def _answer(
+    response: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    wanted: list[tuple[str, bool]],
+    parameters: dict[str, Any],
+) -> Response:
+    """The inference answer: JSON, or (with any output wanted as binary data) the JSON header
+    followed by those outputs' FP32 little-endian bytes, in order."""
+    outputs, chunks = [], []
+    for name, binary in wanted:
+        t = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
+        if binary:
+            chunks.append(t.astype("<f4", copy=False).tobytes())
+            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            entry["data"] = t.reshape(-1)
+        outputs.append(entry)
+    response = {**response, "outputs": outputs, "parameters": parameters}
+    if not chunks:
+        return Float32JSONResponse(response)
+    header = dumps(response)
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def _reject_constant(name: str) -> float:
@@ -197,8 +326,35 @@ oip_app = Starlette(
         Route("/models/{name}", model_metadata, methods=["GET"]),
         Route("/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/models/{name}/config", model_config, methods=["GET"]),
+        Route("/models/{name}/versions/{version}/config", model_config, methods=["GET"]),
+        Route("/repository/index", repository_index, methods=["POST"]),
+        Route("/repository/models/{name}/load", model_control, methods=["POST"]),
+        Route("/repository/models/{name}/unload", model_control, methods=["POST"]),
         Route("/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
         Route("/models/{name}/infer", infer, methods=["POST"]),
         Route("/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
     ],
 )
+
+
+class MountRoot:
+    """ASGI middleware: no redirects between slash spellings under /v2 (Starlette's router redirects
+    a path to its other spelling, and Triton clients do not follow redirects). The mounted app's root
+    answers at `/v2` as at `/v2/`; any other v2 path with a trailing slash is a 404."""
+
+    def __init__(self, app: Any, prefix: str = MOUNT) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == self.prefix:
+            scope = {**scope, "path": path + "/", "raw_path": path.encode() + b"/"}
+        elif (
+            path.startswith(self.prefix + "/") and path.endswith("/") and path != self.prefix + "/"
+        ):
+            response = _error(404, f"no such path {_echo(path)}; v2 paths have no trailing slash")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -26,6 +26,15 @@ from nnship.service.validation import F32_MAX
 log = logging.getLogger(__name__)
 
 REF = "#/components/schemas/{}"
+BINARY_EXTENSION = (
+    "Tensor data in JSON, or binary (the binary tensor data extension, as tritonclient sends it by "
+    "default): the body is the JSON request, then the input's FP32 little-endian row-major bytes; "
+    "the `Inference-Header-Content-Length` header gives the JSON part's length and the tensor's "
+    "`parameters.binary_data_size` the byte count (4 per value of its shape). Outputs requested "
+    "with `parameters.binary_data: true` (or all, with `parameters.binary_data_output: true` and "
+    "no `outputs`) are answered the same way, as application/octet-stream with the "
+    "`Inference-Header-Content-Length` response header."
+)
 ERRORS = {
     400: "The request breaks a rule of the contract (`detail` names the field and the rule)",
     401: "Missing or wrong API key (when a key is configured)",
@@ -213,7 +222,15 @@ def _schemas(svc: Any) -> dict[str, Any]:
             "required": ["inputs"],
             "properties": {
                 "id": {"type": "string"},
-                "parameters": object_,
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "binary_data_output": {
+                            "type": "boolean",
+                            "description": "with no `outputs` listed: every output as binary data",
+                        }
+                    },
+                },
                 "inputs": {
                     "type": "array",
                     "minItems": 1,
@@ -239,7 +256,8 @@ def _schemas(svc: Any) -> dict[str, Any]:
                             "parameters": {
                                 "type": "object",
                                 "properties": {"binary_data_size": {"not": {}}},
-                                "description": "binary tensor data is not supported",
+                                "description": "`binary_data_size` only in a binary request (the "
+                                "binary tensor data extension: see the operation's description)",
                             },
                         },
                     },
@@ -251,7 +269,19 @@ def _schemas(svc: Any) -> dict[str, Any]:
                     "items": {
                         "type": "object",
                         "required": ["name"],
-                        "properties": {"name": {"enum": output_names}, "parameters": object_},
+                        "properties": {
+                            "name": {"enum": output_names},
+                            "parameters": {
+                                "type": "object",
+                                "properties": {
+                                    "binary_data": {
+                                        "type": "boolean",
+                                        "description": "send this output as binary data",
+                                    },
+                                    "classification": {"not": {}},
+                                },
+                            },
+                        },
                     },
                 },
             },
@@ -270,10 +300,19 @@ def _schemas(svc: Any) -> dict[str, Any]:
                     "maxItems": len(output_names),
                     "items": {
                         "type": "object",
-                        "required": ["name", "datatype", "shape", "data"],
+                        "required": ["name", "datatype", "shape"],
                         "additionalProperties": False,
+                        "description": "values in `data`, or (binary outputs) "
+                        "`parameters.binary_data_size` bytes after the JSON header",
                         "properties": {
                             "name": {"enum": output_names},
+                            "parameters": {
+                                "type": "object",
+                                "required": ["binary_data_size"],
+                                "properties": {
+                                    "binary_data_size": {"type": "integer", "minimum": 4}
+                                },
+                            },
                             "datatype": {"enum": ["FP32"]},
                             "shape": {
                                 "type": "array",
@@ -335,6 +374,55 @@ def _schemas(svc: Any) -> dict[str, Any]:
                 "shape": {"type": "array", "items": {"type": "integer"}},
             },
         },
+        "V2ModelConfig": {
+            "type": "object",
+            "required": ["name", "platform", "max_batch_size", "input", "output"],
+            "description": "the model configuration in Triton's JSON form (dims without the batch "
+            "axis; -1 for the sequence axis)",
+            "properties": {
+                "name": {"type": "string", "enum": [svc.model]},
+                "platform": {"type": "string"},
+                "backend": {"type": "string"},
+                "max_batch_size": {"type": "integer", "enum": [v.max_rows]},
+                "version_policy": object_,
+                "input": {"type": "array", "items": {"$ref": REF.format("V2ConfigTensor")}},
+                "output": {"type": "array", "items": {"$ref": REF.format("V2ConfigTensor")}},
+                "dynamic_batching": object_,
+                "instance_group": {"type": "array", "items": object_},
+                "parameters": object_,
+            },
+        },
+        "V2ConfigTensor": {
+            "type": "object",
+            "required": ["name", "data_type", "dims"],
+            "properties": {
+                "name": {"type": "string"},
+                "data_type": {"type": "string", "enum": ["TYPE_FP32"]},
+                "format": {"type": "string"},
+                "dims": {"type": "array", "items": {"type": "integer"}},
+            },
+        },
+        "V2RepositoryIndexRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "ready": {"type": "boolean", "description": "list only the models ready now"}
+            },
+        },
+        "V2RepositoryIndex": {
+            "type": "array",
+            "maxItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "version", "state"],
+                "properties": {
+                    "name": {"type": "string", "enum": [svc.model]},
+                    "version": {"type": "string", "enum": [svc.version]},
+                    "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
         "V2Live": _flag("live"),
         "V2Ready": _flag("ready"),
         "V2ModelReady": {
@@ -386,11 +474,30 @@ def _path_params(svc: Any, version: bool) -> list[dict[str, Any]]:
 def _v2_paths(svc: Any) -> dict[str, Any]:
     """The Open Inference Protocol v2 routes, as mounted under /v2."""
     tag = ["Open Inference Protocol v2"]
+    server = _op("v2_server_metadata", "V2ServerMetadata", META_STATUSES, tag)
     paths: dict[str, Any] = {
-        "/v2/": {"get": _op("v2_server_metadata", "V2ServerMetadata", META_STATUSES, tag)},
+        "/v2": {"get": server},
+        "/v2/": {"get": {**server, "operationId": "v2_server_metadata_slash"}},
         "/v2/health/live": {"get": _op("v2_live", "V2Live", (401, 429, 500), tag)},
         "/v2/health/ready": {"get": _op("v2_ready", "V2Ready", (401, 429, 500, 503), tag)},
+        "/v2/repository/index": {
+            "post": {
+                **_op(
+                    "v2_repository_index", "V2RepositoryIndex", (400, 401, 415, 429, 500, 503), tag
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": REF.format("V2RepositoryIndexRequest")}
+                        }
+                    },
+                },
+            }
+        },
     }
+    for action in ("load", "unload"):
+        paths[f"/v2/repository/models/{{name}}/{action}"] = {"post": _model_control(action, tag)}
     for version in (False, True):
         base = "/v2/models/{name}" + ("/versions/{version}" if version else "")
         suffix = "_version" if version else ""
@@ -407,9 +514,20 @@ def _v2_paths(svc: Any) -> dict[str, Any]:
                 "parameters": params,
             }
         }
+        paths[f"{base}/config"] = {
+            "get": {
+                **_op(f"v2_model_config{suffix}", "V2ModelConfig", (404, *META_STATUSES), tag),
+                "parameters": params,
+            }
+        }
+        infer = _op(f"v2_infer{suffix}", "V2InferResponse", (404, *INFER_STATUSES), tag)
+        infer["description"] = BINARY_EXTENSION
+        infer["responses"]["200"]["content"]["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary"}
+        }
         paths[f"{base}/infer"] = {
             "post": {
-                **_op(f"v2_infer{suffix}", "V2InferResponse", (404, *INFER_STATUSES), tag),
+                **infer,
                 "parameters": params,
                 "requestBody": {
                     "required": True,
@@ -420,6 +538,26 @@ def _v2_paths(svc: Any) -> dict[str, Any]:
             }
         }
     return paths
+
+
+def _model_control(action: str, tags: list[str]) -> dict[str, Any]:
+    """Triton's model control: refused, this server serves the one model it started with."""
+    responses = {str(s): _json("Error", ERRORS[s]) for s in (401, 415, 429, 500)}
+    responses["400"] = _json(
+        "Error", "Always: this server serves one model; loading and unloading is refused"
+    )
+    return {
+        "operationId": f"v2_repository_{action}",
+        "tags": tags,
+        "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": responses,
+    }
 
 
 def _op(op_id: str, ok: str, statuses: tuple[int, ...], tags: list[str]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ KNOWN_PATHS = frozenset(
         "/v2",
         "/v2/health/live",
         "/v2/health/ready",
+        "/v2/repository/index",
     }
 )
 
@@ -61,6 +62,6 @@ def install(settings: Settings, model_name: str) -> None:
     pathlabels.install(
         known=KNOWN_PATHS,
         # version paths are left out: a client-chosen version string must not become a label
-        known_patterns=[rf"^/v2/models/{re.escape(model_name)}(/ready|/infer)?$"],
+        known_patterns=[rf"^/v2/models/{re.escape(model_name)}(/ready|/infer|/config)?$"],
         bound=settings.bound_metric_paths,
     )

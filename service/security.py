@@ -2,7 +2,7 @@
 content type, a body-size limit enforced while reading, rejection counting, and no stack traces out.
 
 The guard denies by default: a request is public only when it reads (GET or HEAD) one of a few exact
-paths (health, readiness, metrics, the docs, v2 health and model metadata). Every other request, in
+paths (health, readiness, metrics, the docs, v2 health, model metadata and configuration). Every other request, in
 any method and any spelling of any path (a 404, a redirect, a spelling the router still matches),
 passes the whole guard (CORS preflights aside). Paths holding control characters are refused before
 anything else: the router's patterns end in `$`, which also matches before a trailing newline, so
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-V2_METADATA = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/ready)?")
+V2_METADATA = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(?:/ready|/config)?")
 V2_INFER = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
 # The body types each route reads; no header reads as JSON, as BentoML and Triton take it. v2 infer
 # also takes the binary tensor extension's body (a JSON header then raw tensor bytes), which

@@ -21,8 +21,9 @@ from nnship.errors import NnshipError
 from nnship.numeric import softmax
 from nnship.service import drift, lifecycle, looplag, metrics, patches
 from nnship.service.batching import AdaptiveBatcher, Overloaded
+from nnship.service.encoding import Float32JSONResponse
 from nnship.service.endpoint import PredictEndpoint
-from nnship.service.oip import STATE, oip_app
+from nnship.service.oip import STATE, MountRoot, oip_app
 from nnship.service.openapi import OpenAPIDocument
 from nnship.service.runtime import Runtime, load_runtime
 from nnship.service.security import REQUEST_ID, Guard, trust_forwarded
@@ -98,7 +99,7 @@ class NnshipService:
         self.validator = Validator(
             m, SETTINGS.max_rows, SETTINGS.max_seq_len, SETTINGS.strict_range, SETTINGS.range_margin
         )
-        self._batched = AdaptiveBatcher(
+        self.batcher = AdaptiveBatcher(
             self._run,
             SETTINGS.max_batch_size,
             SETTINGS.max_latency_ms,
@@ -184,7 +185,7 @@ class NnshipService:
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Through the adaptive batcher; raises Overloaded when the request would be too late."""
-        return await self._batched(x)
+        return await self.batcher(x)
 
     # -- answers --------------------------------------------------------------------------------------
     def answer(
@@ -205,11 +206,11 @@ class NnshipService:
                 self._predicted[i].inc()
             body.update(
                 predictions=[self.labels[i] for i in idx],
-                probabilities=p.astype(np.float64).round(6).tolist(),
+                probabilities=np.ascontiguousarray(p, dtype=np.float32),
             )
         else:
             self._predicted[0].inc(len(out))
-            body["predictions"] = out[:, 0].astype(float).tolist()
+            body["predictions"] = np.ascontiguousarray(out[:, 0], dtype=np.float32)
         if flagged:
             body["out_of_range"] = flagged
         return body
@@ -262,7 +263,7 @@ class NnshipService:
         out, refusal = await self.infer_checked(x, rid)
         if refusal is not None:
             return refusal
-        return JSONResponse(self.answer(x, out, flagged, counts))
+        return Float32JSONResponse(self.answer(x, out, flagged, counts))
 
     async def predict_json(self, raw: bytes, csv_body: bool = False) -> JSONResponse:
         """/predict for a raw body (JSON, or CSV when `csv_body`), as `service/endpoint.py`
@@ -302,5 +303,6 @@ NnshipService.add_asgi_middleware(
     PredictEndpoint, enabled=SETTINGS.predict_route == "asgi" and not SETTINGS.tracing
 )
 NnshipService.add_asgi_middleware(OpenAPIDocument, service=NnshipService, settings=SETTINGS)
+NnshipService.add_asgi_middleware(MountRoot)
 if os.environ.get(SERVE_TOKEN_ENV):
     NnshipService.add_asgi_middleware(lifecycle.ServeToken, token=os.environ[SERVE_TOKEN_ENV])

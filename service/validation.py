@@ -162,6 +162,7 @@ class Validator:
         return parse_json(raw, **options)
 
     def _check_size(self, raw: bytes) -> None:
+        """413 for a body larger than any valid request for this model."""
         if len(raw) > self.max_body:
             raise RequestError(
                 status=413,
@@ -472,16 +473,44 @@ class Validator:
             )
         return x.astype(np.float32)
 
-    def v2_inputs(self, body: Any) -> tuple[np.ndarray, list[str] | None]:
-        """An Open Inference Protocol v2 request -> (float32 array, requested output names).
+    def v2_body(
+        self, raw: bytes, header_length: str | None, **options: Any
+    ) -> tuple[Any, memoryview]:
+        """A v2 body -> (its JSON header, the binary tensor bytes after it).
 
-        Cheap checks come first (the request's structure, the tensor's name, datatype and shape, the
-        requested outputs, then the element count of `data` against the shape, counted without
-        copying), so a bad request is refused after work bounded by the largest valid request, not
-        by the size of its body."""
+        With the binary tensor data extension, `Inference-Header-Content-Length` says how many of the
+        leading bytes are the JSON header; without it the whole body is JSON. The body is refused by
+        its size first, and only the header is decoded."""
+        self._check_size(raw)
+        if header_length is None:
+            return parse_json(raw, **options), memoryview(b"")
+        n = _header_length(header_length, len(raw))
+        return parse_json(raw[:n], **options), memoryview(raw)[n:]
+
+    def v2_inputs(
+        self, body: Any, binary: bytes | memoryview = b""
+    ) -> tuple[np.ndarray, list[tuple[str, bool]]]:
+        """An Open Inference Protocol v2 request -> (float32 array, [(output name, as binary), ...]).
+
+        Cheap checks come first (the request's structure, the tensor's name, datatype, parameters
+        and shape, the requested outputs, then the element count of `data` against the shape,
+        counted without copying, or the binary sizes against the shape and the body), so a bad
+        request is refused after work bounded by the largest valid request, not by its body."""
         request = self._v2_request(body)
         t = request.inputs[0]
-        names = self._output_names(request.outputs)
+        outputs = self._outputs(request)
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None and binary:
+            raise _binary_error(
+                "binary_size_matches_body",
+                f"{len(binary)} bytes follow the JSON header but no input declares binary_data_size",
+                [],
+            )
+        if size is None:
+            return self._json_tensor(t), outputs
+        return self._binary_tensor(t, size, binary), outputs
+
+    def _json_tensor(self, t: V2Tensor) -> np.ndarray:
         flat = _flatten(t.data, math.prod(t.shape), t.shape)
         try:
             values = self.flat.validate_python(flat)
@@ -489,7 +518,42 @@ class Validator:
             err = self._from_pydantic(e, "data")
             err.loc = ["inputs", 0, "data", *err.loc[1:]]
             raise err from None
-        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(t.shape), names
+        return self._finish(np.asarray(values, dtype=np.float64), "data").reshape(t.shape)
+
+    @staticmethod
+    def _binary_tensor(t: V2Tensor, size: int, binary: bytes | memoryview) -> np.ndarray:
+        """The tensor's FP32 little-endian row-major bytes, after its sizes are checked."""
+        if t.data is not None:
+            raise _binary_error(
+                "binary_or_json_data",
+                "a tensor sends its values either in `data` or as binary_data_size bytes, not both",
+                ["inputs", 0],
+            )
+        want = math.prod(t.shape) * 4
+        if size != want:
+            raise _binary_error(
+                "binary_size_matches_shape",
+                f"binary_data_size {size} != {want} bytes (shape {t.shape} of FP32)",
+                ["inputs", 0, "parameters", "binary_data_size"],
+            )
+        if len(binary) != size:
+            raise _binary_error(
+                "binary_size_matches_body",
+                f"{len(binary)} bytes follow the JSON header; the inputs declare {size}",
+                [],
+            )
+        x = np.frombuffer(binary, dtype="<f4").reshape(t.shape)
+        finite = np.isfinite(x)
+        if not finite.all():
+            where = [int(i) for i in np.argwhere(~finite)[0]]
+            raise RequestError(
+                status=400,
+                reason="non_finite",
+                loc=["inputs", 0, "data", *where],
+                rule="finite_required",
+                message="NaN and ±Infinity are not accepted",
+            )
+        return x.astype(np.float32)  # native order, aligned, writable
 
     def _v2_request(self, body: Any) -> V2Request:
         """The request's structure, its tensor's header and shape, checked by the model in that
@@ -499,12 +563,30 @@ class Validator:
         except ValidationError as e:
             raise _v2_refusal(e.errors(include_url=False)[0]) from None
 
-    def _output_names(self, outputs: Any) -> list[str] | None:
+    def _outputs(self, request: V2Request) -> list[tuple[str, bool]]:
+        """The outputs to answer, each with whether it goes as binary data: those requested (their
+        `binary_data` parameter), else every output (the request's `binary_data_output`)."""
+        default = (request.parameters or {}).get("binary_data_output", False)
+        if not isinstance(default, bool):
+            raise RequestError(
+                status=400,
+                reason="type",
+                loc=["parameters", "binary_data_output"],
+                rule="bool_required",
+                message="binary_data_output must be true or false",
+            )
+        if not request.outputs:
+            return [(name, default) for name in self.outputs]
+        names = self._output_names(request.outputs)
+        return [
+            (name, _output_binary(o.get("parameters"), i))
+            for i, (name, o) in enumerate(zip(names, request.outputs, strict=True))
+        ]
+
+    def _output_names(self, outputs: list[Any]) -> list[str]:
         """The requested outputs, each known output at most once: an answer holds at most max_rows
         rows of each output, and a longer list is refused by its first repeated or unknown name
         (after at most one more item than the model has outputs)."""
-        if outputs is None:
-            return None
         loc = ["outputs"]
         names: list[str] = []
         for i, o in enumerate(outputs):
@@ -700,11 +782,12 @@ class V2Tensor(BaseModel):
 
     @field_validator("parameters")
     @classmethod
-    def _json_data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Tensor data in the JSON body only."""
-        if (value or {}).get("binary_data_size") is not None:
-            message = "binary tensor data is not supported; send JSON data (binary_data=False)"
-            raise _tensor_refusal("unsupported", "json_data_only", message, "parameters")
+    def _binary_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """binary_data_size, when given, is a byte count."""
+        size = (value or {}).get("binary_data_size")
+        if size is not None and (type(size) is not int or size < 0):
+            message = f"binary_data_size {_short(size)} is not a byte count"
+            raise _tensor_refusal("malformed", "binary_data_size", message, "parameters")
         return value
 
     @field_validator("shape")
@@ -719,13 +802,14 @@ class V2Tensor(BaseModel):
 
 
 class V2Request(BaseModel):
-    """An Open Inference Protocol v2 inference request (JSON tensors)."""
+    """An Open Inference Protocol v2 inference request (tensor data in JSON or as binary)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     inputs: Annotated[list[V2Tensor], Field(min_length=1, max_length=1)]
     outputs: list[Any] | None = None
     id: Any = None
+    parameters: dict[str, Any] | None = None
 
 
 ONE_INPUT = ("one_input", ["inputs"], "expected exactly one input tensor object")
@@ -745,6 +829,7 @@ V2_STRUCTURE = {
         "shape must be a list of integers",
     ),
     ("outputs",): ("object_list", ["outputs"], "outputs must be a list of objects"),
+    ("parameters",): ("object_required", ["parameters"], "parameters must be a JSON object"),
 }
 
 
@@ -756,6 +841,62 @@ def _v2_refusal(err: Any) -> RequestError:
     key = next(loc[:n] for n in range(len(loc), -1, -1) if loc[:n] in V2_STRUCTURE)
     rule, where, message = V2_STRUCTURE[key]
     return RequestError(status=400, reason="malformed", loc=where, rule=rule, message=message)
+
+
+def _header_length(value: str, body: int) -> int:
+    """Inference-Header-Content-Length: a byte count no larger than the body."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 12):
+        raise _binary_error(
+            "header_length",
+            f"Inference-Header-Content-Length {_short(value)} is not a byte count",
+            ["headers", "inference-header-content-length"],
+        )
+    if int(value) > body:
+        raise _binary_error(
+            "header_length",
+            f"Inference-Header-Content-Length {int(value)} is larger than the {body}-byte body",
+            ["headers", "inference-header-content-length"],
+        )
+    return int(value)
+
+
+def _binary_error(rule: str, message: str, loc: list[Any]) -> RequestError:
+    """A refusal by the binary tensor data extension's sizes."""
+    return RequestError(status=400, reason="malformed", loc=loc, rule=rule, message=message)
+
+
+def _output_binary(parameters: Any, i: int) -> bool:
+    """A requested output's `binary_data` parameter (false when absent); options this server does
+    not implement are refused, not ignored."""
+    loc = ["outputs", i, "parameters"]
+    if parameters is None:
+        return False
+    if not isinstance(parameters, dict):
+        raise RequestError(
+            status=400,
+            reason="malformed",
+            loc=loc,
+            rule="object_required",
+            message="parameters must be a JSON object",
+        )
+    if parameters.get("classification") not in (None, 0):
+        raise RequestError(
+            status=400,
+            reason="unsupported",
+            loc=[*loc, "classification"],
+            rule="classification_unsupported",
+            message="the classification extension is not supported; read `probabilities`",
+        )
+    binary = parameters.get("binary_data", False)
+    if not isinstance(binary, bool):
+        raise RequestError(
+            status=400,
+            reason="type",
+            loc=[*loc, "binary_data"],
+            rule="bool_required",
+            message="binary_data must be true or false",
+        )
+    return binary
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -55,6 +55,7 @@ EXPECTED = [
     "nnship.service.security.Guard",
     "nnship.service.endpoint.PredictEndpoint(enabled=True)",  # /predict before the router
     "nnship.service.openapi.OpenAPIDocument",
+    "nnship.service.oip.MountRoot",  # /v2 answered as /v2/, no slash redirects under /v2
     "_bentoml_impl.server.app.ContextMiddleware",
     "starlette.middleware.exceptions.ExceptionMiddleware",
     "starlette.routing.Router",

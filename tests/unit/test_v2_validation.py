@@ -1,8 +1,10 @@
-"""v2 requests: requested outputs, and size checks that come before any value is looked at."""
+"""v2 requests: requested outputs, binary tensor data, and size checks that come before any value is
+looked at."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from nnship.service.validation import RequestError, Validator
@@ -43,8 +45,8 @@ def refused(value):
 
 def test_outputs_each_known_once():
     assert V.v2_inputs(body([1, 2, 3, 4], outputs=["probabilities", "output"]))[1] == [
-        "probabilities",
-        "output",
+        ("probabilities", False),
+        ("output", False),
     ]
     e = refused(body([1, 2, 3, 4], outputs=["output", "output"]))
     assert (e.status, e.rule, e.loc) == (400, "duplicate_output", ["outputs", 1, "name"])
@@ -109,3 +111,127 @@ def test_bodies_larger_than_any_valid_request_are_not_parsed():
     )
     with pytest.raises(RequestError, match="larger than any valid request"):
         V.predict_body(too_big)
+
+
+def binary_request(x, outputs=None, **parameters):
+    """What tritonclient sends with its defaults: a JSON header, then the tensor's FP32 bytes."""
+    data = np.asarray(x, dtype="<f4").tobytes()
+    tensor = {"name": "input", "datatype": "FP32", "shape": list(np.shape(x))}
+    tensor["parameters"] = {"binary_data_size": len(data), **parameters}
+    b = {"inputs": [tensor]}
+    if outputs is not None:
+        b["outputs"] = outputs
+    else:
+        b["parameters"] = {"binary_data_output": True}
+    header = json.dumps(b).encode()
+    return header + data, str(len(header))
+
+
+def binary_refused(raw, length):
+    with pytest.raises(RequestError) as e:
+        V.v2_inputs(*V.v2_body(raw, length))
+    return e.value
+
+
+def test_binary_tensor_equals_json_tensor():
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    got, outputs = V.v2_inputs(*V.v2_body(*binary_request(x)))
+    assert got.dtype == np.float32 and np.array_equal(got, x) and got.flags.writeable
+    assert outputs == [("output", True), ("probabilities", True)]  # binary_data_output
+    as_json = V.v2_inputs(body(x.tolist(), shape=x.shape))
+    assert np.array_equal(as_json[0], got) and as_json[1] == [
+        ("output", False),
+        ("probabilities", False),
+    ]
+    chosen = [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "output"}]
+    assert V.v2_inputs(*V.v2_body(*binary_request(x, chosen)))[1] == [
+        ("probabilities", True),
+        ("output", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (lambda raw, n: (raw, "12x"), "header_length"),
+        (lambda raw, n: (raw, str(len(raw) + 1)), "header_length"),
+        (lambda raw, n: (raw, "9" * 5000), "header_length"),
+        (lambda raw, n: (raw + b"\0\0\0\0", n), "binary_size_matches_body"),
+        (lambda raw, n: (raw[:-4], n), "binary_size_matches_body"),
+        (lambda raw, n: (raw, None), "json"),  # the bytes read as JSON: not valid
+        (lambda raw, n: (raw, str(int(n) - 1)), "json"),
+    ],
+    ids=[
+        "not-a-number",
+        "past-the-body",
+        "huge",
+        "bytes-left",
+        "bytes-missing",
+        "no-header",
+        "cut-header",
+    ],
+)
+def test_binary_sizes_checked(change, rule):
+    raw, n = change(*binary_request(np.ones((2, 4))))
+    e = binary_refused(raw, n)
+    assert (e.status, e.rule) == (400, rule), e.message
+
+
+def test_binary_size_must_match_shape_and_exclude_json_data():
+    raw, n = binary_request(np.ones((2, 4)))
+    b = json.loads(raw[: int(n)])
+    b["inputs"][0]["parameters"]["binary_data_size"] = 16  # 2 x 4 FP32 are 32 bytes
+    header = json.dumps(b).encode()
+    e = binary_refused(header + b"\0" * 16, str(len(header)))
+    assert (e.rule, e.loc) == (
+        "binary_size_matches_shape",
+        ["inputs", 0, "parameters", "binary_data_size"],
+    )
+    assert "32" in e.message
+    both = body([1, 2, 3, 4], parameters={"binary_data_size": 16})
+    header = json.dumps(both).encode()
+    assert binary_refused(header + b"\0" * 16, str(len(header))).rule == "binary_or_json_data"
+    for size in (-4, "16", 16.0, True):
+        e = refused(body(None, parameters={"binary_data_size": size}))
+        assert e.rule == "binary_data_size", size
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_binary_values_refused(bad):
+    x = np.ones((3, 4), dtype=np.float32)
+    x[2, 1] = bad
+    e = binary_refused(*binary_request(x))
+    assert (e.rule, e.loc) == ("finite_required", ["inputs", 0, "data", 2, 1])
+
+
+def test_binary_body_bounded_by_the_model_limit():
+    raw, n = binary_request(np.ones((64, 4)))
+    padded = raw + b"\0" * (V.max_body - len(raw) + 1)
+    with pytest.raises(RequestError) as e:
+        V.v2_body(padded, n)
+    assert (e.value.status, e.value.rule) == (413, "model_body_limit")
+    e = binary_refused(*binary_request(np.ones((65, 4))))
+    assert e.rule == "max_rows"
+
+
+@pytest.mark.parametrize(
+    ("outputs", "parameters", "rule"),
+    [
+        ([{"name": "output", "parameters": {"binary_data": "yes"}}], None, "bool_required"),
+        (
+            [{"name": "output", "parameters": {"classification": 2}}],
+            None,
+            "classification_unsupported",
+        ),
+        ([{"name": "output", "parameters": [1]}], None, "object_required"),
+        (None, {"binary_data_output": 1}, "bool_required"),
+        (None, [1], "object_required"),
+    ],
+)
+def test_output_options_checked(outputs, parameters, rule):
+    b = body([1, 2, 3, 4])
+    if outputs is not None:
+        b["outputs"] = outputs
+    if parameters is not None:
+        b["parameters"] = parameters
+    assert refused(b).rule == rule

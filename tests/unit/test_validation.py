@@ -94,7 +94,8 @@ def test_v2_shape_checks():
     assert rule(SEQ.v2_inputs, body)[1] == "sequence_length"
     body["inputs"][0].update(shape=[2, 5, 3], data=[[0.0] * 15, [1.0] * 15])
     x, outputs = SEQ.v2_inputs(body)
-    assert x.shape == (2, 5, 3) and outputs is None and x[1].min() == 1.0
+    assert x.shape == (2, 5, 3) and x[1].min() == 1.0
+    assert outputs == [(name, False) for name in SEQ.outputs]  # every output, as JSON
 
 
 def test_values_are_never_changed():
