@@ -607,6 +607,8 @@ def document(
     predict["requestBody"] = {"required": True, "content": content}
     predict["responses"] = _responses("PredictAnswer", INFER_STATUSES)
     paths.update(_v2_paths(svc))
+    for path in [p for p in paths if p == "/batch" or p.startswith("/batch/")]:
+        del paths[path]  # BentoML's task routes: multipart uploads, documented in the README
     if keyed:
         _secure(doc, protect_all)
     return doc

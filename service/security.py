@@ -42,7 +42,9 @@ JSON_TYPES = ("application/json", "")
 BODY_TYPES = {
     "/predict": (*JSON_TYPES, "text/csv"),
     "v2-infer": (*JSON_TYPES, "application/octet-stream"),
+    "/batch/submit": ("multipart/form-data",),  # a batch job's file, as BentoML's task takes it
 }
+JOB_UPLOADS = frozenset({"/batch/submit"})  # bodies held to max_job_bytes instead of max_body_bytes
 READS = frozenset({"GET", "HEAD"})
 ALWAYS_OPEN = frozenset({"/livez", "/healthz"})  # liveness probes, also with protect_all
 OPEN = frozenset(
@@ -295,7 +297,7 @@ class Guard:
             message = f"content type {printable(ctype, 64)!r} is not accepted here; send {named}"
             return 415, "content_type", message, {}
         declared = headers.get("content-length")
-        limit = self.settings.max_body_bytes
+        limit = self.body_limit(path)
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return 413, "body_too_large", f"request body over the {limit}-byte limit", {}
         return None
@@ -313,9 +315,13 @@ class Guard:
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
 
-    async def _read_body(self, receive, send, rid: str) -> bytes | None:
+    def body_limit(self, path: str) -> int:
+        """The body limit of a route: max_job_bytes for batch job uploads, else max_body_bytes."""
+        s = self.settings
+        return s.max_job_bytes if path in JOB_UPLOADS else s.max_body_bytes
+
+    async def _read_body(self, receive, send, rid: str, limit: int) -> bytes | None:
         """The whole body, read to at most the limit whatever the client claims (None: answered)."""
-        limit = self.settings.max_body_bytes
         body, more = bytearray(), True
         while more:
             message = await receive()
@@ -349,7 +355,7 @@ class Guard:
             await self._reply(send, refusal, rid)
             return
         if with_body:
-            body = await self._read_body(receive, send, rid)
+            body = await self._read_body(receive, send, rid, self.body_limit(scope["path"]))
             if body is None:
                 return
             receive = replay_body(body, receive)

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from nnship.contracts import MANIFEST, read_manifest
 from nnship.errors import NnshipError
 from nnship.numeric import softmax
-from nnship.service import drift, lifecycle, looplag, metrics, patches
+from nnship.service import drift, jobs, lifecycle, looplag, metrics, patches
 from nnship.service.batching import AdaptiveBatcher, Overloaded
 from nnship.service.encoding import Float32JSONResponse
 from nnship.service.endpoint import PredictEndpoint
@@ -133,6 +133,7 @@ class NnshipService:
             self._drift = drift.DriftMonitor(m, SETTINGS.drift_window, gauges)
         sizes = self.runtime.warm_up(SETTINGS.max_batch_size)
         log.info("warmed up on batch sizes %s", sizes)
+        jobs.ACTIVE[:] = [jobs.Jobs(SETTINGS, self.runtime.package.path, self.runtime.variant)]
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's view: no long gen-2 pauses under load
         STATE.service = self
@@ -295,10 +296,38 @@ class NnshipService:
         """Predict labels and probabilities (classification) or values (regression) for N rows."""
         return await self.respond(self.validator.predict_inputs, inputs)
 
+    @bentoml.task(route=jobs.ROUTE)
+    async def batch(
+        self,
+        ctx: bentoml.Context,
+        file: Annotated[
+            Path, Field(description="the rows: a Parquet file, or CSV with a header row")
+        ],
+        output_format: Annotated[
+            Literal["auto", "parquet", "csv"],
+            Field(description="the result file's format; auto: the input's"),
+        ] = "auto",
+        max_reject_fraction: Annotated[
+            float, Field(ge=0, le=1, description="fail once this fraction of rows is rejected")
+        ] = 1.0,
+    ) -> Path:
+        """A batch job (`nnship predict`) over an uploaded file; the result is a file of
+        predictions, its rejected rows at /batch/rejects."""
+        job = jobs.current()
+        if job is None:
+            raise bentoml.exceptions.ServiceUnavailable("the model is not loaded yet")
+        task_id = getattr(ctx.request.state, "task_id", "")
+        try:
+            result = await job.run(task_id, file, output_format, max_reject_fraction)
+        except jobs.JobFailed as e:
+            raise bentoml.exceptions.InvalidArgument(str(e)) from None
+        return jobs.result_response(result)  # BentoML's result store cannot take a FileResponse
+
 
 # outermost first: the guard checks every request, then /predict is answered without the router
 # (with tracing on, BentoML's API layer answers: it links each response to its span by header)
 NnshipService.add_asgi_middleware(Guard, settings=SETTINGS)
+NnshipService.add_asgi_middleware(jobs.JobRoutes)
 NnshipService.add_asgi_middleware(
     PredictEndpoint, enabled=SETTINGS.predict_route == "asgi" and not SETTINGS.tracing
 )

@@ -196,6 +196,36 @@ class Settings(BaseSettings):
         "`NNSHIP_TRACING` is on. Bad bodies get the same answer either way",
     )
 
+    jobs_dir: str = Field(
+        "",
+        description="folder for batch jobs submitted to `/batch/submit` (their input, result and "
+        "rejects files); empty: `nnship-jobs` in the temporary folder (`/tmp` in the container)",
+    )
+    max_jobs: int = bounded(
+        1, 0, 256, "batch jobs running at once per worker, each in its own process; 0: jobs off"
+    )
+    max_queued_jobs: int = bounded(
+        4, 0, 10_000, "batch jobs waiting for a slot per worker (429 with Retry-After past it)"
+    )
+    max_job_bytes: int = bounded(
+        64 << 20,
+        1,
+        1 << 34,
+        "upload limit of `/batch/submit` in bytes (413 past it, read no further)",
+    )
+    job_threads: int = bounded(
+        1, 0, 1024, "ONNX Runtime intra-op threads of each batch job's process; 0: all cores"
+    )
+    job_timeout_s: float = bounded(
+        3600.0, 1.0, 604_800.0, "a batch job running longer is stopped and fails"
+    )
+    job_retention_s: float = bounded(
+        3600.0,
+        1.0,
+        2_592_000.0,
+        "a finished batch job's files and result are deleted this long after",
+    )
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # type: ignore[override]
         """Only the values given: `from_env` is the one place the environment is read."""

@@ -53,6 +53,7 @@ EXPECTED = [
     "nnship.service.timeouts.CancellingTimeout",  # in place of BentoML's TimeoutMiddleware
     "nnship.service.concurrency.ConcurrencyLimit",  # in place of MaxConcurrencyMiddleware
     "nnship.service.security.Guard",
+    "nnship.service.jobs.JobRoutes",  # batch job limits and state in front of BentoML's task routes
     "nnship.service.endpoint.PredictEndpoint(enabled=True)",  # /predict before the router
     "nnship.service.openapi.OpenAPIDocument",
     "nnship.service.oip.MountRoot",  # /v2 answered as /v2/, no slash redirects under /v2

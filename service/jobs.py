@@ -1,0 +1,374 @@
+"""Batch jobs over HTTP: a BentoML task (`/batch/submit`, `/batch/status`, `/batch/get`) that runs
+`nnship predict` on an uploaded Parquet or CSV file in a child process.
+
+BentoML's task machinery stores the submitted request, gives it an unguessable id (uuid4), runs the
+task method after answering the submit, and keeps the method's answer for `/batch/get`. This module
+adds what a shared server needs around it: each job in its own folder under the jobs folder, named by
+that id only (never by anything the client sends), at most `max_jobs` running per worker and
+`max_queued_jobs` waiting (429 past that), a time limit per job, a state file that `/batch/status`
+reports (queued, running, success with the job's summary, failure with its error line), the rejects
+file at `/batch/rejects`, and deletion of everything a job left once its retention time is over.
+
+The job runs `python -m nnship.cli predict` on the service's own verified package folder and
+variant: the serving process never imports the batch layer, and a job's memory and crashes stay in
+its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from nnship.errors import NnshipError
+from nnship.io import atomic_write, atomic_write_json
+from nnship.service.security import REQUEST_ID, error_body, retry_after
+from nnship.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/batch"  # BentoML adds /batch/submit, /status, /get, /retry and /cancel
+SUBMIT, STATUS, REJECTS = f"{ROUTE}/submit", f"{ROUTE}/status", f"{ROUTE}/rejects"
+TASK_ID = re.compile(r"[0-9a-f]{32}")  # BentoML's task ids: uuid4 hex
+STATE, INPUT, RESULT, REJECTS_FILE, ERRORS = (
+    "state.json",
+    "input",
+    "result",
+    "rejects.jsonl",
+    "stderr.log",
+)
+PARQUET_MAGIC = b"PAR1"
+FORMATS = ("parquet", "csv")
+CHILD_ENV_DROP = ("PROMETHEUS_MULTIPROC_DIR",)
+
+
+class JobFailed(NnshipError):
+    """A batch job that did not produce its result; the message is the job's error line."""
+
+
+def jobs_root(settings: Settings) -> Path:
+    """The folder holding one sub-folder per job."""
+    return Path(settings.jobs_dir or Path(tempfile.gettempdir()) / "nnship-jobs")
+
+
+def input_format(path: Path) -> str:
+    """parquet when the file starts with Parquet's magic bytes, else csv."""
+    with open(path, "rb") as f:
+        return "parquet" if f.read(4) == PARQUET_MAGIC else "csv"
+
+
+def error_line(text: str) -> str:
+    """The last non-empty line a failed job wrote, without the program's prefix."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "the job stopped without saying why"
+    return lines[-1].removeprefix("nnship: error: ")[:2000]
+
+
+class Jobs:
+    """The batch jobs of one worker: admission, running in child processes, state and clean-up."""
+
+    def __init__(self, settings: Settings, package_dir: Path, variant: str) -> None:
+        self.settings = settings
+        self.root = jobs_root(settings)
+        self.package_dir = package_dir
+        self.variant = variant
+        self.active: set[str] = set()  # queued or running in this worker
+        self.slots = asyncio.Semaphore(max(1, settings.max_jobs))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+
+    # -- admission and state ---------------------------------------------------------------------
+    def refusal(self) -> tuple[int, str, str, dict[str, str]] | None:
+        """Why a new job cannot be taken now (status, reason, message, headers), or None."""
+        s = self.settings
+        if s.max_jobs == 0:
+            return 404, "jobs_off", "batch jobs are switched off on this server", {}
+        if len(self.active) >= s.max_jobs + s.max_queued_jobs:
+            message = (
+                f"{len(self.active)} batch jobs are running or queued (limit "
+                f"{s.max_jobs} running + {s.max_queued_jobs} queued); retry later"
+            )
+            return 429, "jobs_busy", message, retry_after(30)
+        return None
+
+    def folder(self, task_id: str) -> Path | None:
+        """The job's folder for a well-formed task id, else None (ids never name other paths)."""
+        return self.root / task_id if TASK_ID.fullmatch(task_id) else None
+
+    def state(self, task_id: str) -> dict[str, Any] | None:
+        """The job's state file, or None for an unknown, expired or malformed id."""
+        folder = self.folder(task_id)
+        if folder is None:
+            return None
+        try:
+            return json.loads((folder / STATE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, folder: Path, **fields: Any) -> dict[str, Any]:
+        state = {**(self.state(folder.name) or {}), **fields}
+        atomic_write_json(folder / STATE, state)
+        return state
+
+    def sweep(self, now: float | None = None) -> None:
+        """Delete the folders of jobs finished longer ago than the retention time (and leftovers
+        of jobs that never finished: a server stopped mid-job)."""
+        now = time.time() if now is None else now
+        keep = self.settings.job_retention_s
+        with contextlib.suppress(OSError):
+            for folder in self.root.iterdir():
+                if not folder.is_dir() or folder.name in self.active:
+                    continue
+                state = self.state(folder.name) or {}
+                ended = state.get("finished_at") or state.get("created_at")
+                if ended is None:
+                    with contextlib.suppress(OSError):
+                        ended = folder.stat().st_mtime
+                if ended is not None and now - ended > keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    # -- running -----------------------------------------------------------------------------------
+    async def run(
+        self, task_id: str, upload: Path, output_format: str, max_reject_fraction: float
+    ) -> Path:
+        """Queue, run and record one job; its result file, or JobFailed with the error line."""
+        folder = self.folder(task_id)
+        if folder is None:
+            raise JobFailed("batch jobs run through POST /batch/submit")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.active.add(task_id)
+        try:
+            fmt = input_format(upload)
+            source = folder / f"{INPUT}.{fmt}"
+            shutil.move(upload, source)
+            out_fmt = fmt if output_format == "auto" else output_format
+            result = folder / f"{RESULT}.{out_fmt}"
+            self._write_state(folder, state="queued", created_at=time.time(), input_format=fmt)
+            async with self.slots:
+                self._write_state(folder, state="running", started_at=time.time())
+                try:
+                    summary = await self._child(folder, source, result, max_reject_fraction)
+                except JobFailed as e:
+                    self._write_state(
+                        folder, state="failure", error=str(e), finished_at=time.time()
+                    )
+                    raise
+            summary.pop("output", None)  # a path on the server
+            await asyncio.to_thread(_name_input, folder / REJECTS_FILE, source.name)
+            self._write_state(folder, state="success", summary=summary, finished_at=time.time())
+            return result
+        finally:
+            self.active.discard(task_id)
+            self.sweep()
+
+    def command(self, source: Path, result: Path, max_reject_fraction: float) -> list[str]:
+        """The `nnship predict` command line of a job."""
+        return [
+            sys.executable,
+            "-m",
+            "nnship.cli",
+            "predict",
+            str(self.package_dir),
+            "--input",
+            str(source),
+            "--output",
+            str(result),
+            "--rejects",
+            str(result.parent / REJECTS_FILE),
+            "--variant",
+            self.variant,
+            "--threads",
+            str(self.settings.job_threads),
+            "--max-reject-fraction",
+            repr(max_reject_fraction),
+        ]
+
+    def child_env(self) -> dict[str, str]:
+        """The server's environment without its API key and metrics folder."""
+        drop = {*CHILD_ENV_DROP, self.settings.api_key_env}
+        return {k: v for k, v in os.environ.items() if k not in drop}
+
+    async def _child(
+        self, folder: Path, source: Path, result: Path, max_reject_fraction: float
+    ) -> dict[str, Any]:
+        """Run the job's process to its end or its time limit; its summary."""
+        with open(folder / ERRORS, "wb") as errors:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(source, result, max_reject_fraction),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errors,
+                env=self.child_env(),
+                cwd=folder,
+            )
+            try:
+                out, _ = await asyncio.wait_for(
+                    proc.communicate(), timeout=self.settings.job_timeout_s
+                )
+            except (TimeoutError, asyncio.CancelledError) as e:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                raise JobFailed(
+                    f"the job ran past its {self.settings.job_timeout_s:g} s limit and was stopped"
+                ) from None
+        if proc.returncode != 0:
+            text = (folder / ERRORS).read_text(errors="replace")
+            raise JobFailed(error_line(text))
+        try:
+            return json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise JobFailed("the job ended without its summary line") from None
+
+
+def _name_input(rejects: Path, name: str) -> None:
+    """The rejects file with each row's `file` (a path on the server) replaced by `name`."""
+    if not rejects.is_file():
+        return
+
+    def write(tmp: Path) -> None:
+        with open(rejects) as src, open(tmp, "w") as dst:
+            for line in src:
+                dst.write(json.dumps({**json.loads(line), "file": name}) + "\n")
+
+    atomic_write(rejects, write)
+
+
+def result_response(path: Path) -> Any:
+    """The result file as one response: BentoML's task store reads its answer whole, and cannot
+    read a FileResponse (starlette's needs the request's method)."""
+    from starlette.responses import Response
+
+    media = "application/vnd.apache.parquet" if path.suffix == ".parquet" else "text/csv"
+    disposition = f'attachment; filename="{path.name}"'
+    return Response(
+        path.read_bytes(), media_type=media, headers={"content-disposition": disposition}
+    )
+
+
+ACTIVE: list[Jobs] = []  # this worker's jobs, once the service has loaded its model
+
+
+def current() -> Jobs | None:
+    """This worker's jobs (None until the service is ready)."""
+    return ACTIVE[0] if ACTIVE else None
+
+
+class JobRoutes:
+    """In front of BentoML's task routes: refuse a submit or retry past the job limits, add the
+    job's state to `/batch/status`, serve `/batch/rejects`, and refuse the synchronous `/batch`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        jobs = current()
+        path = scope.get("path", "")
+        if scope["type"] != "http" or jobs is None or not path.startswith(ROUTE):
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        if method == "POST" and path == ROUTE:
+            message = "batch jobs run through POST /batch/submit, then /batch/status and /batch/get"
+            await _refuse(send, (404, "batch_sync", message, {}))
+            return
+        if method == "POST" and path in (SUBMIT, f"{ROUTE}/retry"):
+            jobs.sweep()
+            refusal = jobs.refusal()
+            if refusal is not None:
+                await _refuse(send, refusal)
+                return
+        if method in ("GET", "HEAD") and path == STATUS:
+            await self._status(jobs, scope, receive, send)
+            return
+        if method in ("GET", "HEAD") and path == REJECTS:
+            await self._rejects(jobs, scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _status(self, jobs: Jobs, scope, receive, send) -> None:
+        """BentoML's status answer with the job's state, summary or error added."""
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        state = jobs.state(_task_id(scope))
+        if start.get("status") == 200 and state is not None:
+            answer = json.loads(body)
+            answer["state"] = state["state"]
+            for key in ("summary", "error"):
+                if key in state:
+                    answer[key] = state[key]
+            answer["rejects"] = (
+                f"{REJECTS}?task_id={answer['task_id']}"
+                if state.get("summary", {}).get("rejects")
+                else None
+            )
+            body = json.dumps(answer).encode()
+        headers = [
+            (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+        ] + [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _rejects(self, jobs: Jobs, scope, receive, send) -> None:
+        """The job's rejects as JSON Lines (empty when none), 404 for an unknown or expired id."""
+        from starlette.responses import FileResponse, Response
+
+        task_id = _task_id(scope)
+        state = jobs.state(task_id)
+        if state is None:
+            message = "no batch job with this task_id (unknown, or its results have expired)"
+            await _refuse(send, (404, "job_not_found", message, {}))
+            return
+        path = jobs.root / task_id / REJECTS_FILE
+        if state["state"] in ("queued", "running"):
+            message = f"the job is {state['state']}; its rejects are ready once it has finished"
+            await _refuse(send, (409, "job_not_finished", message, {}))
+            return
+        if path.is_file():
+            response = FileResponse(path, media_type="application/x-ndjson")
+        else:
+            response = Response(b"", media_type="application/x-ndjson")
+        await response(scope, receive, send)
+
+
+def _task_id(scope) -> str:
+    """The task_id query parameter ("" when absent or repeated)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("task_id", [])
+    return values[0] if len(values) == 1 else ""
+
+
+async def _refuse(send, refusal: tuple[int, str, str, dict[str, str]]) -> None:
+    """A JSON refusal in the guard's form; a full job queue counts as `concurrency_limited`."""
+    status, reason, message, extra = refusal
+    body = error_body(reason, message, REQUEST_ID.get())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        *((k.encode(), v.encode()) for k, v in extra.items()),
+    ]
+    if reason == "jobs_busy":
+        headers.append((b"x-nnship-reject", b"concurrency_limited"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
