@@ -27,6 +27,7 @@ SERVING_REQUIREMENTS = (
     "pydantic>=2",
     "pydantic-settings>=2.4",
     "prometheus-client>=0.20",
+    "orjson>=3.10",
 )
 
 
