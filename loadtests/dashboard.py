@@ -221,10 +221,15 @@ def traffic(url: str, seconds: float, rows: np.ndarray) -> None:
             pick = rng.choice(len(rows), size=int(rng.integers(1, 9)))
             batch = (shifted if phase == 2 else rows)[pick]
             client.post("/predict", json={"inputs": batch.tolist()})
-            if phase >= 1 and rng.random() < 0.25:
-                client.post("/predict", json={"inputs": far.tolist()})
-                client.post("/predict", json={"inputs": [batch[0, :2].tolist()]})  # wrong shape
-                client.post("/predict", content=b"{", headers={"content-type": "application/json"})
+            if phase >= 1:  # each kind at its own rate, so that their lines part
+                if rng.random() < 0.3:
+                    client.post("/predict", json={"inputs": far.tolist()})
+                if rng.random() < 0.25:
+                    client.post("/predict", json={"inputs": [batch[0, :2].tolist()]})  # shape
+                if rng.random() < 0.1:
+                    client.post(
+                        "/predict", content=b"{", headers={"content-type": "application/json"}
+                    )
             time.sleep(0.05 + 0.05 * np.sin(elapsed / 5) ** 2)
 
 

@@ -128,6 +128,13 @@ def markdown(cpu: dict, gpu: dict, model: str) -> str:
     inside = gpu["inside"]
     same = same_answer(cpu, gpu)
     driver, other = driver_failures(inside)
+    needs_driver = (
+        "; not loaded, as they link the driver's libcuda.so.1 (mounted from the host by the "
+        "container toolkit): " + ", ".join(sorted(driver))
+        if driver
+        else ""
+    )
+    failed = f"; FAILED: {json.dumps(other)}" if other else ""
     mb = 1_000_000
     lines = [
         "# The CPU and the GPU serving image",
@@ -149,8 +156,7 @@ def markdown(cpu: dict, gpu: dict, model: str) -> str:
         f"Inside the GPU image: onnxruntime {inside['onnxruntime']} (device {inside['device']}); "
         f"after `onnxruntime.preload_dlls()` it offers {', '.join(inside['providers'])}. "
         f"{len(inside['loaded'])} shared libraries of the nvidia-* wheels loaded with dlopen"
-        f"{'; these need the driver (libcuda.so.1), which the container toolkit mounts from the host: ' + ', '.join(sorted(driver)) if driver else ''}"
-        f"{'; FAILED: ' + json.dumps(other) if other else ''}. Loaded:",
+        f"{needs_driver}{failed}. Loaded:",
         "",
         "```text",
         *inside["loaded"],

@@ -109,7 +109,7 @@ def test_bentoml_containerize_builds_offline_with_podman(iris_package):
     assert {w.name.split("-")[0] for w in wheels.glob("*.whl")} >= {"onnxruntime", "bentoml"}
     image = "localhost/nnship-bento-test:offline"
     # BentoML 1.4.40 refuses the Bento's template when the build context it copies the Bento to (a
-    # temporary folder) is not below the working directory: run it from /
+    # temporary folder) is not below the working directory (bentoml/BentoML#5566): run it from /
     bentoml_cli(
         "containerize", "nnship:offline", "--backend", "podman", "-t", image,
         timeout=900, cwd=Path("/"), **env,
