@@ -10,7 +10,7 @@ RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
 
-.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules clean
+.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules gpu-image-check dashboard-png clean
 
 setup: $(VENV)/.installed
 
@@ -66,6 +66,12 @@ fuzz: setup  ## schemathesis against /docs.json of a tiny served model -> report
 
 k8s-rules: setup  ## deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/*.rules.yml
 	$(BIN)/python deploy/k8s/prometheusrule.py
+
+gpu-image-check: setup  ## build the CPU and GPU serving images and compare them -> reports/gpu-image.md (root, Podman; downloads GBs once)
+	$(BIN)/python deploy/container/gpu_image_check.py
+
+dashboard-png: setup  ## the Grafana dashboard's queries over real traffic, drawn -> docs/images/grafana-dashboard.png (needs prometheus)
+	$(BIN)/python -m nnship.loadtests.dashboard
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -53,12 +53,13 @@ def wheelhouse(reqs: list[str]) -> Path:
     """Wheels of `reqs` and their dependencies, downloaded once per requirement set."""
     key = hashlib.sha256("\n".join(reqs).encode()).hexdigest()[:16]
     folder = cache_dir() / f"wheelhouse-{key}"
-    if (folder / ".complete").is_file():
+    done = folder / ".complete"
+    if done.is_file() and done.read_text() == "\n".join(reqs) + "\n":
         log.info("reusing the wheelhouse %s", folder)
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     pip(["download", "--only-binary=:all:", "--dest", str(folder), *reqs])
-    (folder / ".complete").write_text("\n".join(reqs) + "\n")
+    done.write_text("\n".join(reqs) + "\n")
     return folder
 
 

@@ -1,24 +1,36 @@
-"""Bentos: `nnship build MODEL:VERSION` and `bentoml build` from the repository."""
+"""Bentos: `nnship build MODEL:VERSION`, `bentoml build` from the repository, and `bentoml
+containerize` of a Bento that carries its wheels."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import bentoml
+import httpx
+import pytest
+
+from nnship.numeric import softmax
+from nnship.probe import wait_ready
+from nnship.service.runtime import load_runtime
+from nnship.service.settings import Settings
+from nnship.training.data import load_dataset, split
+from tests.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+CONTAINERS_CONF = ROOT / "deploy" / "container" / "containers.conf"
 
 
-def bentoml_cli(*args: str, **env: str) -> str:
+def bentoml_cli(*args: str, timeout: float = 300, cwd: Path = ROOT, **env: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "bentoml", *args],
         env={**os.environ, **env},
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -67,3 +79,59 @@ def test_bentoml_build_from_the_repository(iris_package):
     (tag,) = set(listed()) - before
     assert [str(m.tag) for m in bentoml.bentos.get(tag).info.all_models] == [model]
     assert {"nnship/contracts.py", "service/service.py"} <= serving_sources(tag)
+
+
+def test_bentoml_containerize_builds_offline_with_podman(iris_package):
+    """`nnship build --wheelhouse` carries the serving wheels and a template installing them, so
+    `bentoml containerize --backend podman` builds with no package index or registry; the image
+    serves what the in-process runtime answers."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (CI installs it: .ci/run)")
+    env = {"CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF") or str(CONTAINERS_CONF)}
+    model = f"iris-served:{iris_package['version']}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnship.cli",
+            "build",
+            model,
+            "--version",
+            "offline",
+            "--wheelhouse",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    wheels = Path(bentoml.bentos.get("nnship:offline").path) / "env/python/wheels"
+    assert {w.name.split("-")[0] for w in wheels.glob("*.whl")} >= {"onnxruntime", "bentoml"}
+    image = "localhost/nnship-bento-test:offline"
+    # BentoML 1.4.40 refuses the Bento's template when the build context it copies the Bento to (a
+    # temporary folder) is not below the working directory (bentoml/BentoML#5566): run it from /
+    bentoml_cli(
+        "containerize", "nnship:offline", "--backend", "podman", "-t", image,
+        timeout=900, cwd=Path("/"), **env,
+    )  # fmt: skip
+    port, name = free_port(), f"nnship-bento-test-{os.getpid()}"
+    podman = ["podman", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image]
+    try:
+        subprocess.run(podman, env={**os.environ, **env}, check=True, capture_output=True)
+        url = f"http://127.0.0.1:{port}"
+        assert wait_ready(f"{url}/readyz", timeout=120), container_logs(name, env)
+        x = split(load_dataset("iris")).x_test
+        body = httpx.post(f"{url}/predict", json={"inputs": x.tolist()}, timeout=30).json()
+        runtime = load_runtime(Settings(model=model, threads=1, variant=body["variant"]))
+        labels = iris_package["output"]["labels"]
+        assert body["predictions"] == [labels[i] for i in softmax(runtime.run(x)).argmax(1)]
+    finally:
+        for cmd in (["rm", "-f", name], ["rmi", "-f", image]):
+            subprocess.run(["podman", *cmd], env={**os.environ, **env}, capture_output=True)
+
+
+def container_logs(name: str, env: dict[str, str]) -> str:
+    logs = subprocess.run(
+        ["podman", "logs", name], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    return (logs.stdout + logs.stderr)[-3000:]

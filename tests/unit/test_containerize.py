@@ -1,15 +1,18 @@
 """What the serving image installs: the serving requirements, never torch."""
 
 import ast
-import re
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from nnship.service.build import SERVING_REQUIREMENTS
 from nnship.service.containerize import GPU_RUNTIME, requirements
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_and_gpu_requirements():
@@ -22,52 +25,51 @@ def test_cpu_and_gpu_requirements():
     assert not any("torch" in r for r in cpu + gpu)
 
 
-def _distribution(requirement: str) -> str:
-    """A requirement's distribution name, normalised; the GPU build of ONNX Runtime is the same one."""
-    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
-    return name.removesuffix("-gpu")
-
-
-def _installed_with(names: set[str]) -> set[str]:
-    """`names` and what they require in turn (extras aside)."""
-    found, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in found:
-            continue
-        found.add(name)
-        try:
-            requires = metadata.requires(name) or []
-        except metadata.PackageNotFoundError:
-            requires = metadata.requires(f"{name}-gpu") or [] if name == "onnxruntime" else []
-        todo += [_distribution(r) for r in requires if "extra ==" not in r]
+def imported_modules(folder: Path) -> set[str]:
+    """Top-level modules imported anywhere in folder/*.py (module level or inside functions)."""
+    found = set()
+    for source in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
     return found
 
 
-def test_serving_requirements_cover_every_import_of_the_serving_code():
-    """Every third-party module the image's code (nnship/*.py, service/*.py) imports is installed by
-    the serving requirements (or what they require); the Bento's list is the same one."""
-    root = Path(__file__).resolve().parents[2]
-    imported: dict[str, str] = {}
-    for path in [*root.joinpath("nnship").glob("*.py"), *root.joinpath("service").glob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                modules = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules = [node.module]
-            else:
-                continue
-            for m in modules:
-                top = m.split(".")[0]
-                if top not in sys.stdlib_module_names and top != "nnship":
-                    imported.setdefault(top, path.name)
-    provided = _installed_with({_distribution(r) for r in SERVING_REQUIREMENTS})
-    dists = metadata.packages_distributions()
-    missing = {
-        module: where
-        for module, where in imported.items()
-        if not {_distribution(d) for d in dists.get(module, [module])} & provided
-    }
-    assert not missing, f"imported by the serving code but not installed in the image: {missing}"
-    bentofile = yaml.safe_load((root / "bentofile.yaml").read_text())
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions `requirements` install, their dependencies included (as installed here;
+    one not installed here counts without its dependencies)."""
+    names = [Requirement(r).name for r in requirements]
+    seen: set[str] = set()
+    while names:
+        name = canonicalize_name(names.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                names.append(req.name)
+    return seen
+
+
+def test_the_serving_requirements_cover_what_the_serving_code_imports():
+    """The serving image and the Bento install SERVING_REQUIREMENTS only: every module nnship's
+    bottom layer and service import comes from them or the standard library."""
+    modules = imported_modules(ROOT / "nnship") | imported_modules(ROOT / "service")
+    third_party = modules - set(sys.stdlib_module_names) - {"nnship", "torch"}
+    provides = metadata.packages_distributions()
+    # this environment has either onnxruntime or onnxruntime-gpu: either image's set may provide it
+    closure = installed_closure(requirements(gpu=False)) | installed_closure(requirements(gpu=True))
+    missing = {m for m in third_party if not {canonicalize_name(d) for d in provides[m]} & closure}
+    assert missing == set(), f"served code imports {missing}, not in SERVING_REQUIREMENTS"
+
+
+def test_bentofile_lists_the_serving_requirements():
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     assert bentofile["python"]["packages"] == list(SERVING_REQUIREMENTS)
