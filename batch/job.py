@@ -186,13 +186,13 @@ def store_part(
 ) -> dict[str, Any]:
     """A part and its rejects written into the staging folder; its entry for the job's log."""
     name = f"part-{key}{sinks.EXTENSION[fmt]}"
-    part = sinks.write_table(table, stage / PARTS / name, fmt, header=header)
+    digest = sinks.write_table(table, stage / PARTS / name, fmt, header=header)
     rname = f"rejects-{key}.jsonl"
     sinks.write_rejects(rejects, stage / REJECTS / rname)
     return {
         "part": key,
         "file": name,
-        "sha256": sha256_file(part),
+        "sha256": digest,
         "rejects_file": rname,
         "rows": rows,
         "predicted": table.num_rows,

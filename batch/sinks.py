@@ -4,6 +4,7 @@ renamed into place complete."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,23 +97,33 @@ def _jsonl_lines(table: pa.Table) -> Iterable[str]:
         yield json.dumps(row, default=str, allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def write_table(table: pa.Table, path: Path, fmt: str, header: bool = True) -> Path:
-    """One part, renamed into place complete."""
+def encode(table: pa.Table, fmt: str, header: bool = True) -> pa.Buffer | bytes:
+    """One part's bytes in its format."""
+    if fmt == "jsonl":
+        return "".join(_jsonl_lines(table)).encode("utf-8")
+    sink = pa.BufferOutputStream()
+    if fmt == "parquet":
+        pq.write_table(table, sink, **parquet_options(table.schema))
+    elif fmt == "arrow":
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+    else:
+        options = pacsv.WriteOptions(include_header=header)
+        pacsv.write_csv(_csv_ready(table), sink, write_options=options)
+    return sink.getvalue()
+
+
+def write_table(table: pa.Table, path: Path, fmt: str, header: bool = True) -> str:
+    """One part, encoded in memory and renamed into place complete; the sha256 of its bytes."""
+    data = encode(table, fmt, header)
+    digest = hashlib.sha256(data).hexdigest()
 
     def write(tmp: Path) -> None:
-        if fmt == "parquet":
-            pq.write_table(table, tmp, **parquet_options(table.schema))
-        elif fmt == "arrow":
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-                w.write_table(table)
-        elif fmt == "csv":
-            options = pacsv.WriteOptions(include_header=header)
-            pacsv.write_csv(_csv_ready(table), tmp, write_options=options)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(_jsonl_lines(table))
+        with open(tmp, "wb") as f:
+            f.write(data)
 
-    return _replaced(path, write)
+    _replaced(path, write)
+    return digest
 
 
 def write_rejects(records: list[dict[str, Any]], path: Path) -> Path:
