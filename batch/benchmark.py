@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -286,6 +287,9 @@ def render(results: list[dict]) -> str:
                 "Parquet input alone), so even with every stage overlapped the job is bound by the "
                 "CPU the other stages need, not by inference.",
             ]
+    if all("load" in r for r in results):
+        loads = ", ".join(f"{r['model']} {r['load']}" for r in results)
+        lines += ["", f"1-minute load average at the end of each model's runs: {loads}."]
     lines += [
         "",
         f"Machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB.",
@@ -341,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry[scale]["ray"] = run_job(package, rows, out, part_rows, engine="ray")
                 rows.unlink()
                 print(json.dumps({"model": model, "scale": scale, **entry[scale]}), flush=True)
+            entry["load"] = round(os.getloadavg()[0], 2)  # other work sharing the machine
             results.append(entry)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.report, lambda t: t.write_text(render(results)))

@@ -300,6 +300,7 @@ def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth(
         "model": "cnn",
         "dataset": "digits",
         "part_rows": 4096,
+        "load": 3.5,
         "stages": {"read": 0.5, "check": 0.2, "infer": 0.2, "table": 0.1, "write": 0.2},
         "1x": {"job": run(900.0, 300.0), "in_memory": run(1000.0, 250.0)},
         "10x": {
@@ -318,6 +319,7 @@ def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth(
     assert "| cnn | 0.500 | 0.200 | 0.200 | 0.100 | 0.200 | 1.200 | 0.33 |" in text.replace(
         f"| {psutil.cpu_count() * 0.2 / 1.2:.2f} |", "| 0.33 |"
     )
+    assert "load average at the end of each model's runs: cnn 3.5." in text
     out_of_reach = psutil.cpu_count() * 0.2 / 1.2 < 0.85
     assert ("out of reach for the cnn" in text) == out_of_reach
 
