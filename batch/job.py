@@ -186,13 +186,13 @@ def store_part(
 ) -> dict[str, Any]:
     """A part and its rejects written into the staging folder; its entry for the job's log."""
     name = f"part-{key}{sinks.EXTENSION[fmt]}"
-    part = sinks.write_table(table, stage / PARTS / name, fmt, header=header)
+    digest = sinks.write_table(table, stage / PARTS / name, fmt, header=header)
     rname = f"rejects-{key}.jsonl"
     sinks.write_rejects(rejects, stage / REJECTS / rname)
     return {
         "part": key,
         "file": name,
-        "sha256": sha256_file(part),
+        "sha256": digest,
         "rejects_file": rname,
         "rows": rows,
         "predicted": table.num_rows,
@@ -205,8 +205,14 @@ def process(
     block: Block, checked: Checked, engine: Engine
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """A checked block's output rows and its rejects."""
-    logits, outside = engine.outputs(checked)
-    table = engine.table(_kept(block, checked.valid), logits, outside)
+    return finish(block, checked, engine.logits(checked), engine.flags(checked), engine)
+
+
+def finish(
+    block: Block, checked: Checked, logits: np.ndarray, flags: np.ndarray | None, engine: Engine
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The output rows of a block whose logits and range flags are known, and its rejects."""
+    table = engine.table(_kept(block, checked.valid), logits, flags)
     return table, [r.record() for r in checked.rejects]
 
 
@@ -248,9 +254,10 @@ def _kept(block: Block, valid: np.ndarray) -> dict[str, pa.Array]:
             array = col if isinstance(col, pa.Array | pa.ChunkedArray) else pa.array(col)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise NnshipError(f"{block.file}: --keep {name}: values of mixed types ({e})") from e
-        taken = array.take(pa.array(valid, type=pa.int64()))
+        if len(valid) < len(array):
+            array = array.take(pa.array(valid, type=pa.int64()))
         # one chunk, however the block was read: the part's bytes depend on the values alone
-        out[name] = taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+        out[name] = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
     return out
 
 
@@ -311,6 +318,7 @@ class _Job:
     options: Options
     files: list[Path]
     fmt: str
+    part_fmt: str  # the staging parts' format
     spec: Spec
     validator: Validator
     engine: Engine
@@ -356,7 +364,10 @@ def _setup(o: Options) -> _Job:
     for key in done if joined else ():
         joined.add(stage / PARTS / done[key]["file"], done[key]["columns"])
     engine = Engine(runtime, batch_size, validator)
-    return _Job(o, files, fmt, spec, validator, engine, stage, done, joined, summary, dict(done))
+    part_fmt = sinks.part_format(fmt, single)
+    return _Job(
+        o, files, fmt, part_fmt, spec, validator, engine, stage, done, joined, summary, dict(done)
+    )
 
 
 def predict(o: Options) -> Summary:
@@ -390,30 +401,36 @@ def _run_local(job: _Job, started: float) -> None:
     with _progress(o.progress) as bar, open(stage / LOG, "a") as journal:
         task = bar.add_task("predict", total=total, rate="")
 
-        def write(item: tuple[str, pa.Table, list[dict[str, Any]], int]) -> None:
-            key, table, rejects, rows = item
+        def write(item: tuple[str, Block, Checked, np.ndarray, np.ndarray | None]) -> None:
+            key, block, checked, logits, flags = item
+            table, rejects = finish(block, checked, logits, flags, job.engine)
             header = job.joined is None
-            entry = store_part(stage, key, table, rejects, rows, job.fmt, header)
+            entry = store_part(stage, key, table, rejects, checked.rows, job.part_fmt, header)
             if job.joined is not None:
                 job.joined.add(stage / PARTS / entry["file"], table.column_names, table)
             journal.write(json.dumps(entry) + "\n")
             journal.flush()
             job.entries[key] = entry
-            bar.advance(task, rows)
+            bar.advance(task, checked.rows)
             elapsed = time.perf_counter() - started
             bar.update(task, rate=f"{bar.tasks[0].completed / max(elapsed, 1e-9):,.0f} rows/s")
 
-        def blocks() -> Iterator[tuple[str, Block, Checked | None]]:
+        def blocks() -> Iterator[tuple[str, Block, Checked | None, np.ndarray | None]]:
             for fi, f in enumerate(job.files):
                 for bi, block in enumerate(read_blocks(f, job.spec, o.part_rows)):
                     key = part_key(fi, bi)
-                    checked = None if key in done else check_block(block, job.spec, job.validator)
-                    yield key, block, checked
+                    if key in done:
+                        yield key, block, None, None
+                        continue
+                    checked = check_block(block, job.spec, job.validator)
+                    yield key, block, checked, job.engine.flags(checked)
 
+        # this thread runs inference alone (ONNX Runtime releases the GIL); reading, checking and
+        # range flags happen on the reader thread, output columns and files on the writer thread
         writer = Consumer(write)
         try:
             with Prefetch(blocks()) as items:
-                for key, block, checked in items:
+                for key, block, checked, flags in items:
                     if checked is None:
                         summary.add(done[key])
                         bar.advance(task, done[key]["rows"])
@@ -421,8 +438,7 @@ def _run_local(job: _Job, started: float) -> None:
                     entry = {"rows": checked.rows, "predicted": len(checked.valid)}
                     summary.add({**entry, "rejects": len(checked.rejects)})
                     _check_rejects(o, summary, checked.rejects[:1])
-                    table, records = process(block, checked, job.engine)
-                    writer.put((key, table, records, checked.rows))
+                    writer.put((key, block, checked, job.engine.logits(checked), flags))
         finally:
             writer.close()
 
@@ -440,7 +456,7 @@ def _run_ray(job: _Job) -> None:
         "spec": job.spec,
         "part_rows": o.part_rows,
         "stage": str(job.stage),
-        "fmt": job.fmt,
+        "fmt": job.part_fmt,
         "header": job.joined is None,
     }
     for entry in ray_engine.run(spec, job.files, actors=0):

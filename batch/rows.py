@@ -66,6 +66,8 @@ class Checked:
         default_factory=list
     )  # (positions in valid, x)
     rejects: list[Reject] = field(default_factory=list)
+    # each flat column's smallest and largest value over the block's rows, where known
+    ranges: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def column_names(manifest: Manifest) -> list[str]:
@@ -122,9 +124,12 @@ def _typed_values(
     if isinstance(col, list):
         return _python_values(col)
     if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
     t = col.type
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+    if pa.types.is_float64(t):  # the common case: read in place, no cast
+        values = col.to_numpy(zero_copy_only=False)
+        codes = None
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
         codes = None
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -138,12 +143,17 @@ def _typed_values(
     return values, codes
 
 
-def _value_codes(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Codes for the values themselves where no other rule applies: non-finite, beyond float32."""
+def _value_codes(
+    values: np.ndarray, codes: np.ndarray | None, bounds: tuple[float, float] | None = None
+) -> np.ndarray | None:
+    """Codes for the values themselves where no other rule applies: non-finite, beyond float32
+    (`codes` as given, None included, when every value is a finite float32); `bounds` are the
+    values' (min, max) when already known."""
     with np.errstate(invalid="ignore"):
-        lo, hi = values.min(initial=0.0), values.max(initial=0.0)  # NaN propagates to both
+        lo, hi = bounds or (values.min(initial=0.0), values.max(initial=0.0))  # NaN propagates
         if lo >= -F32_MAX and hi <= F32_MAX:
             return codes
+        codes = np.zeros(values.shape, dtype=np.int8) if codes is None else codes
         finite = np.isfinite(values)
         codes[(codes == 0) & ~finite] = FINITE
         codes[(codes == 0) & (np.abs(np.where(finite, values, 0)) > F32_MAX)] = RANGE32
@@ -153,36 +163,43 @@ def _value_codes(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
 def column_values(col: pa.Array | pa.ChunkedArray | list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """A feature column -> (float64 values, code per row: 0 valid, else the index of its rule)."""
     values, codes = _typed_values(col)
-    codes = np.zeros(len(values), dtype=np.int8) if codes is None else codes
-    return values, _value_codes(values, codes)
+    codes = _value_codes(values, codes)
+    return values, np.zeros(len(values), dtype=np.int8) if codes is None else codes
 
 
 def check_columns(
     columns: list[Any], names: list[str], shape: tuple[int, ...], file: str, numbers: np.ndarray
 ) -> Checked:
     """Flat feature columns of one block -> the valid rows shaped (n, *shape), and the rejects
-    (each row by its first bad feature, in feature order)."""
+    (each row by its first bad feature, in feature order). Each column is checked as a whole and
+    cast into its place in the float32 rows; codes per value are kept only for a block with a bad
+    one; each column's (min, max) comes along for the range flags."""
     n = len(columns[0]) if columns else 0
-    by_column = np.empty((len(columns), n), dtype=np.float64)  # filled a column at a time
-    codes = np.zeros((n, len(columns)), dtype=np.int8)
+    x = np.empty((n, len(columns)), dtype=np.float32)
+    lows, highs = np.empty(len(columns)), np.empty(len(columns))
+    codes: np.ndarray | None = None  # (rows, columns), made at the first bad value
     for j, col in enumerate(columns):
-        by_column[j], col_codes = _typed_values(col)
+        values, col_codes = _typed_values(col)
+        with np.errstate(invalid="ignore"):  # NaN propagates to both
+            lows[j], highs[j] = values.min(initial=np.inf), values.max(initial=-np.inf)
+        col_codes = _value_codes(values, col_codes, (lows[j], highs[j]))
         if col_codes is not None:
+            codes = np.zeros((n, len(columns)), dtype=np.int8) if codes is None else codes
             codes[:, j] = col_codes
-    values = by_column.T
-    codes = _value_codes(values, codes)
+        with np.errstate(over="ignore", invalid="ignore"):  # such values are in rejected rows
+            x[:, j] = values
+    if codes is None or not codes.any():  # the common case: every row valid
+        x = x.reshape(n, *shape)
+        return Checked(n, np.arange(n), [(np.arange(n), x)], [], (lows, highs))
     bad = codes.any(axis=1)
-    if not bad.any():  # the common case: every row valid
-        x = values.astype(np.float32).reshape(n, *shape)
-        return Checked(n, np.arange(n), [(np.arange(n), x)], [])
     valid = np.flatnonzero(~bad)
     rejects = []
     for r in np.flatnonzero(bad):
         j = int(np.argmax(codes[r] > 0))
         code = int(codes[r, j])
         rejects.append(Reject(file, int(numbers[r]), names[j], RULES[code], MESSAGES[code]))
-    x = values[valid].astype(np.float32).reshape(len(valid), *shape)
-    return Checked(n, valid, [(np.arange(len(valid)), x)], rejects)
+    x = x[valid].reshape(len(valid), *shape)
+    return Checked(n, valid, [(np.arange(len(valid)), x)], rejects, (lows, highs))
 
 
 def check_array(array: np.ndarray, file: str, numbers: np.ndarray) -> Checked:

@@ -4,6 +4,7 @@ renamed into place complete."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ OUTPUT_FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-EXTENSION = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+EXTENSION = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "arrow": ".arrow"}
 LIST_SEPARATOR = ";"  # CSV holds no lists: flagged features are joined with it
 
 
@@ -40,6 +41,38 @@ def output_format(output: Path, fmt: str | None) -> tuple[str, bool]:
             )
         return by_ext, True
     return fmt or "parquet", False
+
+
+def part_format(fmt: str, single: bool) -> str:
+    """The staging parts' format: the output's own, except Arrow IPC files (written and read back
+    as they are held in memory) for parts that one Parquet file is assembled from, so that each
+    row is encoded as Parquet once."""
+    return "arrow" if single and fmt == "parquet" else fmt
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How output Parquet is written, each row encoded cheaply: dictionary pages for text (labels,
+    flagged feature names, kept text), plain pages for numbers (a dictionary of unique values is
+    built only to be dropped); min/max statistics for the columns neither text nor floating point
+    (kept identifiers, which readers filter on); Snappy pages."""
+    text, other = [], []
+    for f in schema:
+        t = f.type.value_type if pa.types.is_list(f.type) else f.type
+        name = f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
+            text.append(name)
+        elif not pa.types.is_floating(t):
+            other.append(name)
+    return {"compression": "snappy", "use_dictionary": text, "write_statistics": other}
+
+
+def read_part(path: Path, schema_only: bool = False) -> pa.Table | pa.Schema:
+    """A staging part's rows (or only its schema), by its extension (Arrow IPC or Parquet)."""
+    if path.suffix != EXTENSION["arrow"]:
+        return pq.read_schema(path) if schema_only else pq.read_table(path)
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return reader.schema if schema_only else reader.read_all()
 
 
 def _replaced(path: Path, write) -> Path:
@@ -64,20 +97,33 @@ def _jsonl_lines(table: pa.Table) -> Iterable[str]:
         yield json.dumps(row, default=str, allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def write_table(table: pa.Table, path: Path, fmt: str, header: bool = True) -> Path:
-    """One part, renamed into place complete."""
+def encode(table: pa.Table, fmt: str, header: bool = True) -> pa.Buffer | bytes:
+    """One part's bytes in its format."""
+    if fmt == "jsonl":
+        return "".join(_jsonl_lines(table)).encode("utf-8")
+    sink = pa.BufferOutputStream()
+    if fmt == "parquet":
+        pq.write_table(table, sink, **parquet_options(table.schema))
+    elif fmt == "arrow":
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+    else:
+        options = pacsv.WriteOptions(include_header=header)
+        pacsv.write_csv(_csv_ready(table), sink, write_options=options)
+    return sink.getvalue()
+
+
+def write_table(table: pa.Table, path: Path, fmt: str, header: bool = True) -> str:
+    """One part, encoded in memory and renamed into place complete; the sha256 of its bytes."""
+    data = encode(table, fmt, header)
+    digest = hashlib.sha256(data).hexdigest()
 
     def write(tmp: Path) -> None:
-        if fmt == "parquet":
-            pq.write_table(table, tmp)
-        elif fmt == "csv":
-            options = pacsv.WriteOptions(include_header=header)
-            pacsv.write_csv(_csv_ready(table), tmp, write_options=options)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(_jsonl_lines(table))
+        with open(tmp, "wb") as f:
+            f.write(data)
 
-    return _replaced(path, write)
+    _replaced(path, write)
+    return digest
 
 
 def write_rejects(records: list[dict[str, Any]], path: Path) -> Path:
@@ -122,9 +168,13 @@ class Joined:
         from `table` when given (the part just written), else from the file."""
         if self.fmt == "parquet":
             if self._parquet is None:
-                self._schema = pq.read_schema(part)  # the types as a part file holds them
-                self._parquet = pq.ParquetWriter(self.path, self._schema)
-            table = pq.read_table(part) if table is None else table
+                self._schema = read_part(
+                    part, schema_only=True
+                )  # the types as a part file holds them
+                self._parquet = pq.ParquetWriter(
+                    self.path, self._schema, **parquet_options(self._schema)
+                )
+            table = read_part(part) if table is None else table
             try:  # one chunk per column: the bytes depend on the values alone
                 self._parquet.write_table(table.cast(self._schema).combine_chunks())
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
