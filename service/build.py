@@ -3,11 +3,17 @@
 The Bento's `src/` holds the `nnship` package in its installed layout (the bottom layer and the
 service only: serving never imports torch, training or export), its Python requirements are the
 serving dependencies alone, and `NNSHIP_MODEL` is set to the stored model it carries, so
-`bentoml serve NAME:VERSION` and `bentoml containerize NAME:VERSION` serve that model."""
+`bentoml serve NAME:VERSION` and `bentoml containerize NAME:VERSION` serve that model.
+
+With `--wheelhouse` the Bento also carries the wheels of every serving requirement (downloaded on
+the host with its own pip configuration, the same cache `nnship containerize` uses) and a
+Dockerfile template (deploy/container/bento.Dockerfile.j2) that installs them with no package index,
+on the local Debian base image: `bentoml containerize` then builds offline."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -49,30 +55,57 @@ def resolve_model(ref: str) -> str:
     return str(stored_model(ref).tag)
 
 
-def build_bento(ref: str, version: str | None = None) -> str:
-    """Build the Bento for stored model `ref`; returns its tag."""
+def offline_options(ctx: Path, python: dict) -> dict:
+    """Build options for an offline `bentoml containerize`: the serving wheels (linked into the
+    build context, which BentoML requires them to be in), the local Debian base image and the
+    template that installs from those wheels."""
+    from nnship.service.containerize import RECIPE, base_image, engine, wheelhouse
+
+    (ctx / "wheels").mkdir()
+    wheels = []
+    for wheel in sorted(wheelhouse(list(SERVING_REQUIREMENTS)).glob("*.whl")):
+        try:
+            os.link(wheel, ctx / "wheels" / wheel.name)
+        except OSError:  # another file system
+            shutil.copy2(wheel, ctx / "wheels" / wheel.name)
+        wheels.append(f"wheels/{wheel.name}")
+    shutil.copy2(RECIPE / "bento.Dockerfile.j2", ctx / "Dockerfile.j2")
+    return {
+        "python": {**python, "wheels": wheels, "lock_packages": False},
+        "docker": {
+            "base_image": base_image(None, engine()),  # built by debootstrap when missing
+            "dockerfile_template": "Dockerfile.j2",
+        },
+    }
+
+
+def build_bento(ref: str, version: str | None = None, offline: bool = False) -> str:
+    """Build the Bento for stored model `ref` (`offline`: with its wheels); returns its tag."""
     import bentoml
     from bentoml._internal.bento.build_config import BentoEnvSchema
 
     tag = resolve_model(ref)
+    python = {"packages": list(SERVING_REQUIREMENTS)}
     previous = os.environ.get("NNSHIP_MODEL")
     os.environ["NNSHIP_MODEL"] = tag  # the service declares the model it serves from this setting
     try:
         with tempfile.TemporaryDirectory(prefix="nnship-bento-") as tmp:
             ctx = Path(tmp)
             source_tree(ctx)
-            bento = bentoml.bentos.build(
-                SERVICE,
-                name=BENTO_NAME,
-                version=version,
-                labels={"model": tag.replace(":", "-")},
-                description=f"nnship serving {tag} with ONNX Runtime",
-                include=["nnship/**/*.py"],
-                envs=[BentoEnvSchema(name="NNSHIP_MODEL", value=tag, stage="runtime")],
-                python={"packages": list(SERVING_REQUIREMENTS)},
-                models=[tag],
-                build_ctx=str(ctx),
-            )
+            options = offline_options(ctx, python) if offline else {"python": python}
+            with contextlib.chdir(ctx):  # BentoML takes wheels only from below the working folder
+                bento = bentoml.bentos.build(
+                    SERVICE,
+                    name=BENTO_NAME,
+                    version=version,
+                    labels={"model": tag.replace(":", "-")},
+                    description=f"nnship serving {tag} with ONNX Runtime",
+                    include=["nnship/**/*.py"],
+                    envs=[BentoEnvSchema(name="NNSHIP_MODEL", value=tag, stage="runtime")],
+                    **options,
+                    models=[tag],
+                    build_ctx=str(ctx),
+                )
     finally:
         if previous is None:
             os.environ.pop("NNSHIP_MODEL", None)
@@ -85,8 +118,13 @@ def build_bento(ref: str, version: str | None = None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="MODEL[:VERSION] in the BentoML model store")
     p.add_argument("--version", help="the Bento's version (default: generated)")
+    p.add_argument(
+        "--wheelhouse",
+        action="store_true",
+        help="carry the serving wheels so that `bentoml containerize` builds with no package index",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    print(build_bento(args.model, args.version))
+    print(build_bento(args.model, args.version, args.wheelhouse))
     return 0

@@ -117,8 +117,9 @@ def closed_by_peer(sock: socket.socket) -> bool:
 
 
 def test_keep_alive_clients_are_not_reset_by_the_stop_drain(iris_package, tmp_path):
-    """16 clients reusing keep-alive connections through SIGTERM: every request sent is answered
-    or its connection refused, none reset; answers after the signal say Connection: close, and an
+    """16 clients reusing keep-alive connections through SIGTERM: every request sent on a connection
+    the worker accepted is answered, none reset (a new connection is refused, or reset unread if
+    the kernel queued it after the worker stopped accepting); answers after the signal say Connection: close, and an
     idle connection is closed cleanly (EOF, as pooled clients check before reuse), not reset."""
     port = free_port()
     out = tmp_path / "serve.log"
@@ -135,7 +136,7 @@ def test_keep_alive_clients_are_not_reset_by_the_stop_drain(iris_package, tmp_pa
     try:
         wait_serving(proc, out)
         procs = tree(proc.pid)
-        stop, results = threading.Event(), []
+        stop, stop_sent, results = threading.Event(), threading.Event(), []
         body = json.dumps({"inputs": [ROW] * 32})
 
         def client() -> None:
@@ -159,7 +160,13 @@ def test_keep_alive_clients_are_not_reset_by_the_stop_drain(iris_package, tmp_pa
                         if r.getheader("connection") == "close" or stop.is_set():
                             break
                 except (OSError, http.client.HTTPException) as e:
-                    results.append(("broken", type(e).__name__))
+                    if i == 0 and isinstance(e, ConnectionResetError) and stop_sent.is_set():
+                        # a connection the kernel queued on the listening socket after the worker
+                        # stopped accepting (the arbiter holds the socket until it exits): reset
+                        # unread when the socket closes, no request on it reached the server
+                        results.append(("refused", "reset before accept"))
+                    else:
+                        results.append(("broken", f"{type(e).__name__} on request {i}"))
                 c.close()
 
         threads = [threading.Thread(target=client) for _ in range(16)]
@@ -167,6 +174,7 @@ def test_keep_alive_clients_are_not_reset_by_the_stop_drain(iris_package, tmp_pa
             t.start()
         time.sleep(2)
         before = len(results)
+        stop_sent.set()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         stop.set()
