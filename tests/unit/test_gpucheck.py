@@ -134,7 +134,7 @@ def test_http_load_generator_counts_answers_and_errors():
 
     transport = httpx.ASGITransport(app=_app)
     r = g.http_load("http://t", ['{"inputs": [[0]]}'], clients=4, seconds=0.3, transport=transport)
-    assert r["tool"] == "httpx" and r["clients"] == 4
+    assert r["tool"] == "httpx" and r["clients"] == 4 and r["processes"] == 1
     assert r["rps"] > 10 and r["errors"] == 0 and 0 < r["p50_ms"] <= r["p99_ms"]
     bad = g.http_load("http://t", ["not json"], clients=2, seconds=0.2, transport=transport)
     assert bad["rps"] == 0 and bad["errors"] > 0 and bad["p50_ms"] is None
