@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 RUN ?= runs/digits-cnn
 MODEL ?= digits-cnn
 PORT ?= 3000
+OUT ?= reports/gpu
 
-.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules gpu-image-check dashboard-png clean
+.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules gpu-image-check gpu-check dashboard-png clean
 
 setup: $(VENV)/.installed
 
@@ -69,6 +70,9 @@ k8s-rules: setup  ## deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/
 
 gpu-image-check: setup  ## build the CPU and GPU serving images and compare them -> reports/gpu-image.md (root, Podman; downloads GBs once)
 	$(BIN)/python deploy/container/gpu_image_check.py
+
+gpu-check: setup  ## on an NVIDIA GPU: CUDA and TensorRT providers, fp16, IO binding, ORT vs PyTorch, served load -> $(OUT)/gpu-check.md
+	$(BIN)/python -m nnship.loadtests.gpucheck $(OUT)
 
 dashboard-png: setup  ## the Grafana dashboard's queries over real traffic, drawn -> docs/images/grafana-dashboard.png (needs prometheus)
 	$(BIN)/python -m nnship.loadtests.dashboard
