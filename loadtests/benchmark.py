@@ -87,12 +87,46 @@ def _lua(bodies: list[str], path: Path) -> Path:
     return path
 
 
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+def wrk_ms(text: str) -> float:
+    """A wrk duration ("812.00us", "1.20ms", "2.01s") in milliseconds."""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def parse_wrk(text: str) -> dict[str, float]:
+    """`wrk --latency` output -> requests/s, p50 and p99 in ms, and errors."""
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if rps is None or set(lat) != {"50", "99"}:
+        raise ValueError("wrk printed no Requests/sec or latency distribution")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": wrk_ms(lat["50"]),
+        "p99_ms": wrk_ms(lat["99"]),
+        "errors": (int(non2xx.group(1)) if non2xx else 0)
+        + (sum(map(int, sock.groups())) if sock else 0),
+    }
+
+
+def tiny_iris_model(home: Path, name: str) -> str:
+    """A 3-epoch iris MLP exported as `name` into the BentoML store at `home`; returns its tag."""
+    from nnship.export.package import ExportOptions, export_run
+    from nnship.training.train import TrainConfig, train
+
+    os.environ["BENTOML_HOME"] = str(home)
+    train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(home / "runs" / "iris")))
+    options = ExportOptions(
+        str(home / "runs" / "iris"), name=name, variants=("fp32",), bench_seconds=0.02
+    )
+    return f"{name}:{export_run(options).version}"
+
+
+def run_wrk(
+    url: str, script: Path, connections: int, seconds: int, timeout: float | None = None
+) -> dict[str, float]:
+    """wrk with `connections` clients for `seconds` (at most two threads), its figures parsed."""
     out = subprocess.run(
         [
             "wrk",
@@ -110,17 +144,9 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str,
         capture_output=True,
         text=True,
         check=True,
+        timeout=timeout,
     ).stdout
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _ms(lat["50"]),
-        "p99_ms": _ms(lat["99"]),
-        "errors": (int(non2xx.group(1)) if non2xx else 0)
-        + (sum(map(int, sock.groups())) if sock else 0),
-    }
+    return parse_wrk(out)
 
 
 def measure(url: str, script: Path, connections: int, seconds: int, pids: list[int]) -> dict:

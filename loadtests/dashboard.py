@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -162,19 +161,6 @@ def table(ax, prom: str, panel: Panel) -> int:
     return len(series)
 
 
-def tiny_model(home: Path) -> str:
-    """A 3-epoch iris MLP exported into the BentoML store at `home`; returns its tag."""
-    from nnship.export.package import ExportOptions, export_run
-    from nnship.training.train import TrainConfig, train
-
-    os.environ["BENTOML_HOME"] = str(home)
-    train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(home / "runs" / "iris")))
-    options = ExportOptions(
-        str(home / "runs" / "iris"), name="iris", variants=("fp32",), bench_seconds=0.02
-    )
-    return f"iris:{export_run(options).version}"
-
-
 @contextlib.contextmanager
 def stack(home: Path, model: str) -> Iterator[tuple[str, str]]:
     """(service URL, Prometheus URL): the model served and Prometheus scraping it every second."""
@@ -240,12 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from nnship.loadtests.benchmark import tiny_iris_model
     from nnship.training.data import load_dataset, split
 
     rows = split(load_dataset("iris")).x_train
     with tempfile.TemporaryDirectory(prefix="nnship-dashboard-") as tmp:
         home = Path(tmp)
-        model = tiny_model(home)
+        model = tiny_iris_model(home, "iris")
         with stack(home, model) as (url, prom):
             start = time.time()
             traffic(url, args.seconds, rows)

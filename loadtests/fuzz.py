@@ -211,26 +211,13 @@ def markdown(summary: dict[str, Any], max_examples: int, seed: int, rc: int) -> 
     return "\n".join(lines)
 
 
-def _tiny_model(home: Path) -> str:
-    """A 3-epoch iris MLP exported into the BentoML store at `home`; returns its tag."""
-    from nnship.export.package import ExportOptions, export_run
-    from nnship.training.train import TrainConfig, train
-
-    os.environ["BENTOML_HOME"] = str(home)
-    train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(home / "runs" / "iris")))
-    options = ExportOptions(
-        str(home / "runs" / "iris"), name="iris-fuzz", variants=("fp32",), bench_seconds=0.02
-    )
-    return f"iris-fuzz:{export_run(options).version}"
-
-
 @contextlib.contextmanager
 def _serving(model: str | None) -> Iterator[str]:
     """A `bentoml serve` of `model` (default: a tiny iris model in a temporary store) on loopback."""
-    from nnship.loadtests.benchmark import _free_port, _server
+    from nnship.loadtests.benchmark import _free_port, _server, tiny_iris_model
 
     with tempfile.TemporaryDirectory(prefix="nnship-fuzz-home-") as home:
-        tag = model or _tiny_model(Path(home))
+        tag = model or tiny_iris_model(Path(home), "iris-fuzz")
         url = f"http://127.0.0.1:{_free_port()}"
         cmd = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
         cmd += ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from nnship.io import atomic_write
+from nnship.loadtests.benchmark import run_wrk
 
 NO_GPU = "no NVIDIA GPU: nothing to check"
 FAMILIES = {"cnn": "digits", "lstm": "digits-seq"}
@@ -192,51 +193,12 @@ def resize(x: np.ndarray, n: int) -> np.ndarray:
 # ---- the load generator (wrk when installed, else asyncio + httpx) -------------------------------
 
 
-def wrk_ms(text: str) -> float:
-    """A wrk duration ("812.00us", "1.20ms", "2.01s") in milliseconds."""
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    """`wrk --latency` output -> requests/s, p50 and p99 in ms, and errors."""
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if rps is None or set(lat) != {"50", "99"}:
-        raise ValueError("wrk printed no Requests/sec or latency distribution")
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": wrk_ms(lat["50"]),
-        "p99_ms": wrk_ms(lat["99"]),
-        "errors": (int(non2xx.group(1)) if non2xx else 0)
-        + (sum(map(int, sock.groups())) if sock else 0),
-    }
-
-
 def wrk_load(url: str, script: Path, clients: int, seconds: int) -> dict[str, float]:
-    threads = str(min(2, clients))
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            threads,
-            "-c",
-            str(clients),
-            "-d",
-            f"{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 30,
-    )
-    return {**parse_wrk(out.stdout), "tool": "wrk", "clients": clients}
+    return {
+        **run_wrk(url, script, clients, seconds, timeout=seconds + 30),
+        "tool": "wrk",
+        "clients": clients,
+    }
 
 
 def latency_summary(latencies_s: list[float], errors: int, seconds: float) -> dict[str, Any]:

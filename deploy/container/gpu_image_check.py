@@ -60,19 +60,6 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def tiny_model(home: Path) -> str:
-    """A 3-epoch iris MLP exported into the BentoML store at `home`; returns its tag."""
-    from nnship.export.package import ExportOptions, export_run
-    from nnship.training.train import TrainConfig, train
-
-    os.environ["BENTOML_HOME"] = str(home)
-    train(TrainConfig(model="mlp", dataset="iris", epochs=3, out=str(home / "runs" / "iris")))
-    options = ExportOptions(
-        str(home / "runs" / "iris"), name="iris-image", variants=("fp32",), bench_seconds=0.02
-    )
-    return f"iris-image:{export_run(options).version}"
-
-
 @contextlib.contextmanager
 def running(image: str) -> Iterator[tuple[str, str]]:
     """(container name, URL) of `image` run read-only as uid 10001 on a loopback port."""
@@ -175,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "deploy/container/containers.conf"))
+    from nnship.loadtests.benchmark import tiny_iris_model
     from nnship.training.data import load_dataset, split
 
     rows = split(load_dataset("iris")).x_test.tolist()
     with tempfile.TemporaryDirectory(prefix="nnship-gpu-check-") as home:
-        model = args.model or tiny_model(Path(home))
+        model = args.model or tiny_iris_model(Path(home), "iris-image")
         tags = {}
         for gpu in (False, True):
             tag = f"localhost/nnship-check:{'gpu' if gpu else 'cpu'}"
