@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from nnship.io import atomic_write
-from nnship.loadtests.benchmark import run_wrk
 
 NO_GPU = "no NVIDIA GPU: nothing to check"
 FAMILIES = {"cnn": "digits", "lstm": "digits-seq"}
@@ -194,6 +193,8 @@ def resize(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def wrk_load(url: str, script: Path, clients: int, seconds: int) -> dict[str, float]:
+    from nnship.loadtests.benchmark import run_wrk  # with the serving path's other imports
+
     return {
         **run_wrk(url, script, clients, seconds, timeout=seconds + 30),
         "tool": "wrk",
