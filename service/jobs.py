@@ -75,6 +75,19 @@ def error_line(text: str) -> str:
     return lines[-1].removeprefix("nnship: error: ")[:2000]
 
 
+def align_task_store(retention_s: float) -> None:
+    """Keep BentoML's task entries as long as the jobs' own folders.
+
+    BentoML's task store holds each submitted request, the uploaded file included, and its answer,
+    the result file, for 24 hours whatever the server's retention; with it set here, an upload is
+    gone from the store `retention_s` after its job ended, as from the jobs folder. The store prunes
+    when it records a task's answer, so an expired entry goes when the next job ends.
+    """
+    from _bentoml_impl.tasks.result import Sqlite3Store
+
+    Sqlite3Store.RESULT_RETENTION = retention_s
+
+
 class Jobs:
     """The batch jobs of one worker: admission, running in child processes, state and clean-up."""
 
@@ -86,6 +99,7 @@ class Jobs:
         self.active: set[str] = set()  # queued or running in this worker
         self.slots = asyncio.Semaphore(max(1, settings.max_jobs))
         self.root.mkdir(parents=True, exist_ok=True)
+        align_task_store(settings.job_retention_s)
         self.sweep()
 
     # -- admission and state ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -225,3 +226,41 @@ def test_jobs_past_the_running_and_queued_limits_are_refused(server, iris_packag
     for task_id in (first, second):
         assert _wait(url, task_id)["state"] == "success"
     assert {first, second} <= {p.name for p in jobs.iterdir()}  # one folder per job, by its id
+
+
+def test_expired_jobs_leave_neither_files_nor_task_entries(iris_package, tmp_path):
+    """Past NNSHIP_JOB_RETENTION_S a job's folder and BentoML's task entry (the uploaded file and the
+    result it holds, kept 24 h by BentoML alone) are both gone once a later job has ended."""
+    jobs = tmp_path / "jobs"
+    env = iris_env(iris_package, job_retention_s="1", jobs_dir=str(jobs))
+    env["BENTOML_RESULT_STORE"] = str(tmp_path / "tasks.db")
+    data = _csv(_rows(iris_package, 20))
+    with running_server(env) as (url, _):
+        first = httpx.post(f"{url}/batch/submit", files={"file": ("a.csv", data)}, timeout=60)
+        assert first.status_code == 200, first.text
+        first_id = first.json()["task_id"]
+        assert _wait_open(url, first_id)["state"] == "success"
+        stored = sqlite3.connect(tmp_path / "tasks.db").execute("SELECT task_id FROM result")
+        assert [row[0] for row in stored] == [first_id]
+        time.sleep(1.5)
+        second = httpx.post(f"{url}/batch/submit", files={"file": ("b.csv", data)}, timeout=60)
+        assert second.status_code == 200, second.text
+        second_id = second.json()["task_id"]
+        assert _wait_open(url, second_id)["state"] == "success"
+        for route in ("status", "get", "rejects"):
+            r = httpx.get(f"{url}/batch/{route}", params={"task_id": first_id}, timeout=60)
+            assert r.status_code == 404, (route, r.text)
+        stored = sqlite3.connect(tmp_path / "tasks.db").execute("SELECT task_id FROM result")
+        assert [row[0] for row in stored] == [second_id]
+        assert [p.name for p in jobs.iterdir()] == [second_id]
+
+
+def _wait_open(url: str, task_id: str, timeout: float = 120) -> dict:
+    """The job's status once it has ended, on a server without an API key or rate limit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/batch/status", params={"task_id": task_id}, timeout=60).json()
+        if body["status"] in ("completed", "failed"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} did not end: {body}")

@@ -17,6 +17,7 @@ from nnship.service.security import ALWAYS_OPEN, OPEN
 from nnship.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+JOBS_MOUNT = "/var/lib/nnship"  # the batch jobs' volume
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES = "1.31.0"  # the release validated against (the preStop `sleep` action is on from 1.30)
 CUSTOM = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator kinds: no schema in the API
@@ -134,13 +135,47 @@ def test_runs_locked_down_with_the_key_from_a_secret(overlay):
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert env(c)[Settings().api_key_env]["valueFrom"]["secretKeyRef"]["name"]
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"/tmp"}  # the serving image writes only there (HOME, BENTOML_HOME)
+    # the serving image writes only to /tmp (HOME, BENTOML_HOME) and to the batch jobs' volume
+    assert mounts == {"/tmp", JOBS_MOUNT}
     containerfile = (ROOT / "deploy" / "container" / "Containerfile").read_text()
     assert "HOME=/tmp" in containerfile and "BENTOML_HOME=/tmp/" in containerfile
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert all("emptyDir" in volumes[m["name"]] for m in c["volumeMounts"])
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][kind])
+
+
+def _quantity(text: str) -> int:
+    """A Kubernetes binary quantity ("64Mi", "2Gi") in bytes."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return int(text[:-2]) * units[text[-2:]] if text[-2:] in units else int(text)
+
+
+def test_batch_jobs_have_room_on_a_disk_volume(overlay):
+    """Each job holds its upload in BentoML's task store, as its input and beside its result: the
+    jobs folder and the task store sit on a disk-backed volume sized for every running and queued
+    job at the upload limit, not on the small memory-backed /tmp."""
+    _, objs = overlay
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    c = container(objs["Deployment"])
+    e = env(c)
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == JOBS_MOUNT)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "medium" not in volume["emptyDir"]  # on the node's disk, not in the pod's memory
+    assert e["NNSHIP_JOBS_DIR"]["value"].startswith(JOBS_MOUNT + "/")
+    assert e["BENTOML_RESULT_STORE"]["value"].startswith(JOBS_MOUNT + "/")
+    s = Settings(**{k: int(v["value"]) for k, v in _settings_env(e).items()})
+    held = 3 * (s.max_jobs + s.max_queued_jobs) * s.max_job_bytes
+    assert _quantity(volume["emptyDir"]["sizeLimit"]) >= held
+    assert _quantity(c["resources"]["limits"]["ephemeral-storage"]) >= held
+
+
+def _settings_env(e: dict) -> dict:
+    """The manifest's plain-valued NNSHIP_* job settings, by Settings field name."""
+    names = ("max_jobs", "max_queued_jobs", "max_job_bytes")
+    return {
+        n: e[f"NNSHIP_{n.upper()}"] for n in names if "value" in e.get(f"NNSHIP_{n.upper()}", {})
+    }
 
 
 def test_termination_grace_covers_the_drain(overlay):
