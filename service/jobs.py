@@ -40,13 +40,17 @@ log = logging.getLogger(__name__)
 ROUTE = "/batch"  # BentoML adds /batch/submit, /status, /get, /retry and /cancel
 SUBMIT, STATUS, REJECTS = f"{ROUTE}/submit", f"{ROUTE}/status", f"{ROUTE}/rejects"
 TASK_ID = re.compile(r"[0-9a-f]{32}")  # BentoML's task ids: uuid4 hex
-STATE, INPUT, RESULT, REJECTS_FILE, ERRORS = (
+CANCEL = f"{ROUTE}/cancel"
+STATE, INPUT, RESULT, REJECTS_FILE, ERRORS, CANCEL_MARK = (
     "state.json",
     "input",
     "result",
     "rejects.jsonl",
     "stderr.log",
+    "cancel",
 )
+CANCEL_POLL_S = 0.2  # how often a queued or running job looks for its cancel mark
+FINISHED = ("success", "failure", "cancelled")
 PARQUET_MAGIC = b"PAR1"
 FORMATS = ("parquet", "csv")
 CHILD_ENV_DROP = ("PROMETHEUS_MULTIPROC_DIR",)
@@ -169,15 +173,9 @@ class Jobs:
             out_fmt = fmt if output_format == "auto" else output_format
             result = folder / f"{RESULT}.{out_fmt}"
             self._write_state(folder, state="queued", created_at=time.time(), input_format=fmt)
-            async with self.slots:
-                self._write_state(folder, state="running", started_at=time.time())
-                try:
-                    summary = await self._child(folder, source, result, max_reject_fraction)
-                except JobFailed as e:
-                    self._write_state(
-                        folder, state="failure", error=str(e), finished_at=time.time()
-                    )
-                    raise
+            summary = await self._unless_cancelled(
+                folder, self._queued(folder, source, result, max_reject_fraction)
+            )
             summary.pop("output", None)  # a path on the server
             await asyncio.to_thread(_name_input, folder / REJECTS_FILE, source.name)
             self._write_state(folder, state="success", summary=summary, finished_at=time.time())
@@ -185,6 +183,47 @@ class Jobs:
         finally:
             self.active.discard(task_id)
             self.sweep()
+
+    async def _queued(
+        self, folder: Path, source: Path, result: Path, max_reject_fraction: float
+    ) -> dict[str, Any]:
+        """Wait for a slot, then run the job's process; its summary."""
+        async with self.slots:
+            self._write_state(folder, state="running", started_at=time.time())
+            try:
+                return await self._child(folder, source, result, max_reject_fraction)
+            except JobFailed as e:
+                self._write_state(folder, state="failure", error=str(e), finished_at=time.time())
+                raise
+
+    async def _unless_cancelled(self, folder: Path, work) -> dict[str, Any]:
+        """`work`'s result, unless the job's cancel mark appears first: then the work is cancelled
+        (a running job's process is killed) and the job fails as cancelled. The mark is a file in
+        the job's folder, so a cancel reaches the job whichever worker answered it."""
+        job = asyncio.ensure_future(work)
+        mark = folder / CANCEL_MARK
+        while not job.done():
+            await asyncio.wait({job}, timeout=CANCEL_POLL_S)
+            if not job.done() and mark.exists():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError, JobFailed):
+                    await job
+                message = "cancelled by PUT /batch/cancel"
+                self._write_state(folder, state="cancelled", error=message, finished_at=time.time())
+                raise JobFailed(message)
+        return job.result()
+
+    def cancel(self, task_id: str) -> tuple[int, dict[str, Any]]:
+        """Ask a queued or running job to stop: (status, answer); 409 once it has finished."""
+        state = self.state(task_id)
+        if state is None:
+            message = "no batch job with this task_id (unknown, or its results have expired)"
+            return 404, {"reason": "job_not_found", "message": message}
+        if state["state"] in FINISHED:
+            message = f"the job has already finished ({state['state']}); nothing to cancel"
+            return 409, {"reason": "job_finished", "message": message}
+        atomic_write(self.root / task_id / CANCEL_MARK, lambda tmp: tmp.write_bytes(b""))
+        return 202, {"task_id": task_id, "state": "cancelling"}
 
     def command(self, source: Path, result: Path, max_reject_fraction: float) -> list[str]:
         """The `nnship predict` command line of a job."""
@@ -283,7 +322,8 @@ def current() -> Jobs | None:
 
 class JobRoutes:
     """In front of BentoML's task routes: refuse a submit or retry past the job limits, add the
-    job's state to `/batch/status`, serve `/batch/rejects`, and refuse the synchronous `/batch`."""
+    job's state to `/batch/status`, serve `/batch/rejects`, cancel at `/batch/cancel`, and refuse
+    the synchronous `/batch`."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -310,6 +350,19 @@ class JobRoutes:
             return
         if method in ("GET", "HEAD") and path == REJECTS:
             await self._rejects(jobs, scope, receive, send)
+            return
+        if method == "PUT" and path == CANCEL:  # BentoML's own cancel works on its cloud only
+            status, answer = jobs.cancel(_task_id(scope))
+            if status != 202:
+                await _refuse(send, (status, answer["reason"], answer["message"], {}))
+                return
+            body = json.dumps(answer).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            await send({"type": "http.response.start", "status": 202, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
 

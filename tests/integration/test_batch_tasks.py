@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -226,6 +227,44 @@ def test_jobs_past_the_running_and_queued_limits_are_refused(server, iris_packag
     for task_id in (first, second):
         assert _wait(url, task_id)["state"] == "success"
     assert {first, second} <= {p.name for p in jobs.iterdir()}  # one folder per job, by its id
+
+
+def test_queued_and_running_jobs_can_be_cancelled(server, iris_package):
+    """PUT /batch/cancel stops a queued job before it starts and a running job's process at once;
+    neither leaves a result, the other job is untouched, and a finished job cannot be cancelled."""
+    url, jobs, _ = server
+    data = _parquet(_rows(iris_package, 20000, seed=5))
+    running = _submit(url, "a.parquet", data).json()["task_id"]
+    _wait(url, running, until=("running",))
+    queued = _submit(url, "b.parquet", data).json()["task_id"]
+    assert _wait(url, queued, until=("queued",))["state"] == "queued"
+    r = _call("PUT", f"{url}/batch/cancel", params={"task_id": queued})
+    assert r.status_code == 202 and r.json() == {"task_id": queued, "state": "cancelling"}
+    status = _wait(url, queued, until=("cancelled",))
+    assert status["status"] == "failed" and "cancelled" in status["error"]
+    assert "started_at" not in json.loads((jobs / queued / "state.json").read_text())
+    r = _call("PUT", f"{url}/batch/cancel", params={"task_id": running})
+    assert r.status_code == 202
+    status = _wait(url, running, until=("cancelled", "success"))
+    assert status["state"] == "cancelled" and status["status"] == "failed"
+    for task_id in (queued, running):
+        assert not list((jobs / task_id).glob("result*")), "a cancelled job left a result"
+        assert _call("GET", f"{url}/batch/get", params={"task_id": task_id}).status_code != 200
+        children = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if any(task_id in part for part in p.info["cmdline"] or [])
+        ]
+        assert children == [], "the cancelled job's process is still running"
+        r = _call("PUT", f"{url}/batch/cancel", params={"task_id": task_id})
+        assert r.status_code == 409 and r.json()["detail"][0]["type"] == "job_finished"
+    for task_id in ["0" * 32, "../../etc/passwd", ""]:
+        r = _call("PUT", f"{url}/batch/cancel", params={"task_id": task_id})
+        assert r.status_code == 404 and r.json()["detail"][0]["type"] == "job_not_found"
+    r = httpx.put(f"{url}/batch/cancel", params={"task_id": running}, timeout=30)
+    assert r.status_code == 401
+    again, result = _run_job(url, "c.csv", _csv(_rows(iris_package, 30)))
+    assert again["state"] == "success" and result.status_code == 200  # the slot was freed
 
 
 def test_expired_jobs_leave_neither_files_nor_task_entries(iris_package, tmp_path):
