@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -56,8 +57,31 @@ FORMATS = ("parquet", "csv")
 CHILD_ENV_DROP = ("PROMETHEUS_MULTIPROC_DIR",)
 
 
+MAX_KEEP = 64  # --keep columns a job may name
+
+
 class JobFailed(NnshipError):
     """A batch job that did not produce its result; the message is the job's error line."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a submit asks of its job besides the file."""
+
+    output_format: str = "auto"  # auto (the input's), parquet or csv
+    max_reject_fraction: float = 1.0
+    keep: tuple[str, ...] = ()  # input columns copied to the result unchanged
+
+
+def keep_columns(text: str) -> tuple[str, ...]:
+    """The comma-separated `keep` field as column names; JobFailed naming a name it cannot take."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if len(names) > MAX_KEEP:
+        raise JobFailed(f"keep: {len(names)} columns named; at most {MAX_KEEP}")
+    for name in names:
+        if len(name) > 256 or not name.isprintable():
+            raise JobFailed(f"keep: {name[:40]!r} is not a column name (printable, 256 characters)")
+    return names
 
 
 def jobs_root(settings: Settings) -> Path:
@@ -157,9 +181,7 @@ class Jobs:
                     shutil.rmtree(folder, ignore_errors=True)
 
     # -- running -----------------------------------------------------------------------------------
-    async def run(
-        self, task_id: str, upload: Path, output_format: str, max_reject_fraction: float
-    ) -> Path:
+    async def run(self, task_id: str, upload: Path, request: JobRequest) -> Path:
         """Queue, run and record one job; its result file, or JobFailed with the error line."""
         folder = self.folder(task_id)
         if folder is None:
@@ -170,11 +192,11 @@ class Jobs:
             fmt = input_format(upload)
             source = folder / f"{INPUT}.{fmt}"
             shutil.move(upload, source)
-            out_fmt = fmt if output_format == "auto" else output_format
+            out_fmt = fmt if request.output_format == "auto" else request.output_format
             result = folder / f"{RESULT}.{out_fmt}"
             self._write_state(folder, state="queued", created_at=time.time(), input_format=fmt)
             summary = await self._unless_cancelled(
-                folder, self._queued(folder, source, result, max_reject_fraction)
+                folder, self._queued(folder, source, result, request)
             )
             summary.pop("output", None)  # a path on the server
             await asyncio.to_thread(_name_input, folder / REJECTS_FILE, source.name)
@@ -185,13 +207,13 @@ class Jobs:
             self.sweep()
 
     async def _queued(
-        self, folder: Path, source: Path, result: Path, max_reject_fraction: float
+        self, folder: Path, source: Path, result: Path, request: JobRequest
     ) -> dict[str, Any]:
         """Wait for a slot, then run the job's process; its summary."""
         async with self.slots:
             self._write_state(folder, state="running", started_at=time.time())
             try:
-                return await self._child(folder, source, result, max_reject_fraction)
+                return await self._child(folder, source, result, request)
             except JobFailed as e:
                 self._write_state(folder, state="failure", error=str(e), finished_at=time.time())
                 raise
@@ -225,7 +247,7 @@ class Jobs:
         atomic_write(self.root / task_id / CANCEL_MARK, lambda tmp: tmp.write_bytes(b""))
         return 202, {"task_id": task_id, "state": "cancelling"}
 
-    def command(self, source: Path, result: Path, max_reject_fraction: float) -> list[str]:
+    def command(self, source: Path, result: Path, request: JobRequest) -> list[str]:
         """The `nnship predict` command line of a job."""
         return [
             sys.executable,
@@ -244,7 +266,9 @@ class Jobs:
             "--threads",
             str(self.settings.job_threads),
             "--max-reject-fraction",
-            repr(max_reject_fraction),
+            repr(request.max_reject_fraction),
+            # one `--keep=NAME` each: a name that starts with "-" stays a column name, never an option
+            *(f"--keep={name}" for name in request.keep),
         ]
 
     def child_env(self) -> dict[str, str]:
@@ -253,12 +277,12 @@ class Jobs:
         return {k: v for k, v in os.environ.items() if k not in drop}
 
     async def _child(
-        self, folder: Path, source: Path, result: Path, max_reject_fraction: float
+        self, folder: Path, source: Path, result: Path, request: JobRequest
     ) -> dict[str, Any]:
         """Run the job's process to its end or its time limit; its summary."""
         with open(folder / ERRORS, "wb") as errors:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(source, result, max_reject_fraction),
+                *self.command(source, result, request),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=errors,

@@ -310,6 +310,14 @@ class NnshipService:
         max_reject_fraction: Annotated[
             float, Field(ge=0, le=1, description="fail once this fraction of rows is rejected")
         ] = 1.0,
+        keep: Annotated[
+            str,
+            Field(
+                max_length=20_000,
+                description="comma-separated input columns copied to the result unchanged "
+                "(row identifiers)",
+            ),
+        ] = "",
     ) -> Path:
         """A batch job (`nnship predict`) over an uploaded file; the result is a file of
         predictions, its rejected rows at /batch/rejects."""
@@ -318,7 +326,8 @@ class NnshipService:
             raise bentoml.exceptions.ServiceUnavailable("the model is not loaded yet")
         task_id = getattr(ctx.request.state, "task_id", "")
         try:
-            result = await job.run(task_id, file, output_format, max_reject_fraction)
+            request = jobs.JobRequest(output_format, max_reject_fraction, jobs.keep_columns(keep))
+            result = await job.run(task_id, file, request)
         except jobs.JobFailed as e:
             raise bentoml.exceptions.InvalidArgument(str(e)) from None
         return jobs.result_response(result)  # BentoML's result store cannot take a FileResponse

@@ -229,6 +229,27 @@ def test_jobs_past_the_running_and_queued_limits_are_refused(server, iris_packag
     assert {first, second} <= {p.name for p in jobs.iterdir()}  # one folder per job, by its id
 
 
+def test_kept_columns_pass_through_and_never_become_options(server, iris_package, tmp_path):
+    """`keep` copies identifier columns to the result as `nnship predict --keep` does; a name that
+    looks like an option stays a column name (the job fails naming it), and writes nothing else."""
+    url, _, _ = server
+    df = _rows(iris_package, 40, seed=6)
+    df.insert(0, "row_id", [f"r{i:03d}" for i in range(len(df))])
+    df["batch"] = 7
+    status, result = _run_job(url, "ids.csv", _csv(df), keep="row_id, batch")
+    assert status["state"] == "success", status
+    out = pd.read_csv(io.BytesIO(result.content))
+    assert list(out.columns[:2]) == ["row_id", "batch"]
+    assert out["row_id"].tolist() == df["row_id"].tolist() and set(out["batch"]) == {7}
+    _, path = _reference(iris_package, tmp_path, "ids.csv", _csv(df), "ref.csv")
+    reference = pd.read_csv(path)
+    assert out.drop(columns=["row_id", "batch"]).equals(reference)
+    evil = tmp_path / "evil.csv"
+    status, _ = _run_job(url, "ids.csv", _csv(df), keep=f"--output={evil}")
+    assert status["state"] == "failure" and f"--output={evil}" in status["error"], status
+    assert not evil.exists()
+
+
 def test_queued_and_running_jobs_can_be_cancelled(server, iris_package):
     """PUT /batch/cancel stops a queued job before it starts and a running job's process at once;
     neither leaves a result, the other job is untouched, and a finished job cannot be cancelled."""
