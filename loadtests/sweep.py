@@ -26,6 +26,7 @@ import numpy as np
 
 from nnship.errors import NnshipError
 from nnship.io import atomic_write, atomic_write_json
+from nnship.loadtests.wrk import INSTALL_HINT, MAX_BODIES, lua_script, run_wrk
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
-        from nnship.loadtests.wrk import INSTALL_HINT
-
         raise NnshipError(INSTALL_HINT)
     if args.step_duration < 1:
         raise NnshipError(f"--step-duration {args.step_duration}: at least 1 second")
@@ -208,13 +207,11 @@ def sweep(
 ) -> Sweep:
     """Run the steps in order into `into`, stopping after OVER_SLO_STOP steps in a row over the
     SLO; each step's row is logged as it lands."""
-    from nnship.loadtests.wrk import lua_script, run_wrk
-
     script = lua_script(bodies, work / "sweep.lua", headers)
-    _wrk(run_wrk, host, script, min(4, max(concurrency)), WARMUP_S)
+    _wrk(host, script, min(4, max(concurrency)), WARMUP_S)
     over = 0
     for c in concurrency:
-        r = _wrk(run_wrk, host, script, c, seconds)
+        r = _wrk(host, script, c, seconds)
         step = Step(
             concurrency=c,
             rps=r["rps"],
@@ -242,7 +239,7 @@ def sweep(
     return into
 
 
-def _wrk(run_wrk, host: str, script: Path, clients: int, seconds: int) -> dict[str, float]:
+def _wrk(host: str, script: Path, clients: int, seconds: int) -> dict[str, float]:
     try:
         return run_wrk(host, script, clients, seconds, timeout=seconds + 60)
     except subprocess.CalledProcessError as e:
@@ -256,13 +253,11 @@ def _wrk(run_wrk, host: str, script: Path, clients: int, seconds: int) -> dict[s
 
 def bodies_of(rows: np.ndarray, per_request: int) -> list[str]:
     """JSON /predict bodies of `per_request` consecutive rows each (rows reused in a cycle)."""
-    from nnship.loadtests.wrk import MAX_BODIES
-
-    n = min(MAX_BODIES * per_request, max(len(rows), per_request))
-    picked = rows[np.arange(n) % len(rows)]
+    count = min(MAX_BODIES, -(-len(rows) // per_request))  # every row used, up to MAX_BODIES
+    picked = rows[np.arange(count * per_request) % len(rows)]
     return [
-        json.dumps({"inputs": picked[i : i + per_request].tolist()})
-        for i in range(0, n - per_request + 1, per_request)
+        json.dumps({"inputs": picked[i * per_request : (i + 1) * per_request].tolist()})
+        for i in range(count)
     ]
 
 
@@ -638,3 +633,46 @@ def draw_batching(results: list[tuple[Setting, Sweep]], path: Path, slo: float) 
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return path
+
+
+# --- the picture in the README -------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Sweep the default model (`make demo`'s cnn on digits) served by `nnship serve` with one
+    worker, in a throwaway model store: the report under --report, its chart copied to --out."""
+    from nnship.export.package import ExportOptions, export_run
+    from nnship.loadtests import slo
+    from nnship.loadtests.benchmark import _free_port, _server
+    from nnship.runner import setup_logging
+    from nnship.training.train import TrainConfig, train
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p.add_argument("--out", default="docs/images/loadtest-sweep.png")
+    p.add_argument("--report", default="reports/loadtest-sweep")
+    p.add_argument("--step-duration", type=int, default=5)
+    p.add_argument("--slo-p99-ms", type=float, default=50.0)
+    args = p.parse_args(argv)
+    setup_logging()
+    with tempfile.TemporaryDirectory(prefix="nnship-sweep-") as tmp:
+        os.environ["BENTOML_HOME"] = str(Path(tmp) / "bentoml")
+        run = str(Path(tmp) / "runs" / "digits-cnn")
+        train(TrainConfig(model="cnn", dataset="digits", out=run))
+        export_run(ExportOptions(run, name="digits-cnn"))
+        url = f"http://127.0.0.1:{_free_port()}"
+        cmd = [sys.executable, "-m", "nnship.cli", "serve", "digits-cnn:latest", "--workers", "1"]
+        cmd += ["--port", url.rsplit(":", 1)[1]]
+        with _server(cmd, {"BENTOML_DO_NOT_TRACK": "true"}, url, "/readyz"):
+            parser = argparse.ArgumentParser()
+            slo.add_arguments(parser)
+            flags = ["--host", url, "--sweep", "--out", args.report, "--step-duration"]
+            flags += [str(args.step_duration), "--slo-p99-ms", str(args.slo_p99_ms)]
+            code = slo.run(parser.parse_args(flags))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, lambda p: shutil.copyfile(Path(args.report) / "sweep.png", p))
+    print(f"{args.out}: the chart of {args.report}/sweep.md")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
