@@ -449,8 +449,10 @@ def run_batching_sweep(args: argparse.Namespace) -> int:
     from nnship.loadtests.benchmark import _free_port, _server
     from nnship.loadtests.rows import auth_headers, served_model
     from nnship.loadtests.slo import request_rows
+    from nnship.package import load_package
 
     check_arguments(args)
+    load_package(args.batching_sweep)  # a missing or tampered package: one line, before any start
     headers = auth_headers(os.environ.get("NNSHIP_API_KEY"))
     settings = [Setting(b, w) for b, w in itertools.product(args.max_batch_size, args.max_wait_ms)]
     results: list[tuple[Setting, Sweep]] = []

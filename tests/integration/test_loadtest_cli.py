@@ -285,3 +285,10 @@ def test_a_batching_sweep_serves_each_setting_and_recommends_one(iris_package, t
     )
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["batching-sweep.json", "batching-sweep.md", "batching-sweep.png"]
+
+
+def test_a_batching_sweep_of_a_model_not_stored_is_one_line(tmp_path):
+    proc, report = _sweep(tmp_path, "--batching-sweep", "no-such-model:latest")
+    assert proc.returncode == 2 and report is None
+    assert proc.stderr.startswith("nnship: error: model no-such-model:latest is not in the BentoML")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "serving" not in proc.stdout
