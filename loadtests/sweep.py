@@ -368,7 +368,7 @@ def draw_sweep(result: Sweep, path: Path) -> Path:
     ax.set_ylabel("latency (ms)")
     _log_ms(ax)
     ax.margins(x=0.08, y=0.1)
-    ax.legend(loc="best", framealpha=0.9)
+    ax.legend(loc="upper left", framealpha=0.9)
     ax.set_title(
         f"{result.model} at {result.server}\nSLO p99 ≤ {result.slo_p99_ms:g} ms "
         "(numbers: concurrent clients)",
@@ -392,19 +392,20 @@ def _log_ms(ax) -> None:
 
 
 def _slo_and_knee(ax, result: Sweep) -> None:
+    """The SLO as a dashed line; the knee circled, named in the legend."""
     ax.axhline(result.slo_p99_ms, color="tab:red", linestyle="--", label="SLO (p99)")
     knee = result.knee
     if knee is not None:
-        ax.plot([knee.rps], [knee.p99_ms], "o", markersize=16, fillstyle="none", color="tab:green")
-        ax.annotate(
-            f"knee: {knee.rps:,.0f} req/s, p99 {knee.p99_ms:.1f} ms",
-            (knee.rps, knee.p99_ms),
-            textcoords="offset points",
-            xytext=(-12, -4),
-            ha="right",
-            va="top",
+        ax.plot(
+            [knee.rps],
+            [knee.p99_ms],
+            "o",
+            markersize=16,
+            fillstyle="none",
+            markeredgewidth=2,
             color="tab:green",
-            fontsize=9,
+            label=f"knee: {_clients(knee.concurrency)}, {knee.rps:,.0f} req/s, "
+            f"p99 {knee.p99_ms:.1f} ms",
         )
 
 
