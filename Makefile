@@ -11,7 +11,7 @@ MODEL ?= digits-cnn
 PORT ?= 3000
 OUT ?= reports/gpu
 
-.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules gpu-image-check gpu-check dashboard-png clean
+.PHONY: setup demo test test-fast lint settings-table format schemas quality export-bench serve-bench batch-bench soak fuzz k8s-rules gpu-image-check gpu-check dashboard-png sweep-png clean
 
 setup: $(VENV)/.installed
 
@@ -76,6 +76,9 @@ gpu-check: setup  ## on an NVIDIA GPU: CUDA and TensorRT providers, fp16, IO bin
 
 dashboard-png: setup  ## the Grafana dashboard's queries over real traffic, drawn -> docs/images/grafana-dashboard.png (needs prometheus)
 	$(BIN)/python -m nnship.loadtests.dashboard
+
+sweep-png: setup  ## sweep the default model under nnship serve with wrk -> reports/loadtest-sweep/, docs/images/loadtest-sweep.png (needs wrk)
+	$(BIN)/python -m nnship.loadtests.sweep
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -28,6 +28,7 @@ import psutil
 
 from nnship.io import atomic_write
 from nnship.loadtests.rows import predict_bodies
+from nnship.loadtests.wrk import lua_script, run_wrk
 from nnship.probe import wait_ready
 
 CONCURRENCY = (1, 16, 64)
@@ -77,39 +78,6 @@ def _server(cmd: list[str], env: dict[str, str], url: str, ready_path: str):
         proc.wait(30)
 
 
-def _lua(bodies: list[str], path: Path) -> Path:
-    items = ",\n".join("[==[" + b + "]==]" for b in bodies[:64])  # long strings: bodies hold "]]"
-    path.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"local bodies = {{\n{items}\n}}\nlocal i = 0\n"
-        "request = function()\n  i = i % #bodies + 1\n  return wrk.format(nil, '/predict', nil, bodies[i])\nend\n"
-    )
-    return path
-
-
-def wrk_ms(text: str) -> float:
-    """A wrk duration ("812.00us", "1.20ms", "2.01s") in milliseconds."""
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    """`wrk --latency` output -> requests/s, p50 and p99 in ms, and errors."""
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if rps is None or set(lat) != {"50", "99"}:
-        raise ValueError("wrk printed no Requests/sec or latency distribution")
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": wrk_ms(lat["50"]),
-        "p99_ms": wrk_ms(lat["99"]),
-        "errors": (int(non2xx.group(1)) if non2xx else 0)
-        + (sum(map(int, sock.groups())) if sock else 0),
-    }
-
-
 def tiny_iris_model(home: Path, name: str) -> str:
     """A 3-epoch iris MLP exported as `name` into the BentoML store at `home`; returns its tag."""
     from nnship.export.package import ExportOptions, export_run
@@ -121,32 +89,6 @@ def tiny_iris_model(home: Path, name: str) -> str:
         str(home / "runs" / "iris"), name=name, variants=("fp32",), bench_seconds=0.02
     )
     return f"{name}:{export_run(options).version}"
-
-
-def run_wrk(
-    url: str, script: Path, connections: int, seconds: int, timeout: float | None = None
-) -> dict[str, float]:
-    """wrk with `connections` clients for `seconds` (at most two threads), its figures parsed."""
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(min(2, connections)),
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=timeout,
-    ).stdout
-    return parse_wrk(out)
 
 
 def measure(url: str, script: Path, connections: int, seconds: int, pids: list[int]) -> dict:
@@ -273,7 +215,7 @@ def bench_model(
     model: str, dataset: str, home: Path, seconds: int, work: Path, compare_routes: bool = False
 ) -> dict:
     bodies = predict_bodies(dataset, 64)
-    script = _lua(bodies, work / f"{model}.lua")
+    script = lua_script(bodies, work / f"{model}.lua")
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "_PROBE": bodies[0]}
     threads = str(os.cpu_count() or 1)
     results: dict[str, dict] = {}

@@ -193,7 +193,7 @@ def resize(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def wrk_load(url: str, script: Path, clients: int, seconds: int) -> dict[str, float]:
-    from nnship.loadtests.benchmark import run_wrk  # with the serving path's other imports
+    from nnship.loadtests.wrk import run_wrk  # with the serving path's other imports
 
     return {
         **run_wrk(url, script, clients, seconds, timeout=seconds + 30),
@@ -483,9 +483,9 @@ def _serve_one(tag: str, env: dict[str, str], require_gpu: bool) -> tuple[int, A
 def load(url: str, bodies: list[str], clients: int, ctx: Context) -> dict[str, float]:
     """wrk when installed, else the asyncio load generator."""
     if shutil.which("wrk"):
-        from nnship.loadtests.benchmark import _lua
+        from nnship.loadtests.wrk import lua_script
 
-        script = _lua(bodies, ctx.work / "predict.lua")
+        script = lua_script(bodies, ctx.work / "predict.lua")
         return wrk_load(url, script, clients, ctx.serve_seconds)
     return http_load(url, bodies, clients, ctx.serve_seconds, processes=LOAD_PROCESSES)
 

@@ -1,6 +1,7 @@
 """`nnship loadtest`: run the Locust scenario headless against any served model and gate on errors
-and p99 latency. The model and its row shape come from the server's v2 metadata; the rows are drawn
-from the training statistics it lists, or read from a file of real rows."""
+and p99 latency, or sweep the load with wrk to find the knee (`--sweep`, `--batching-sweep`: see
+sweep.py). The model and its row shape come from the server's v2 metadata; the rows are drawn from
+the training statistics it lists, or read from a file of real rows."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from nnship.errors import NnshipError
 from nnship.loadtests.rows import (
     SEQ_LEN,
+    Served,
     auth_headers,
     drawn_rows,
     file_rows,
@@ -29,7 +31,7 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", required=True, help="base URL of a running nnship service")
+    p.add_argument("--host", help="base URL of a running nnship service")
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--duration", default="60s", help="Locust run time, e.g. 30s, 2m")
     p.add_argument("--slo-p99-ms", type=float, default=50.0, help="p99 latency bound for /predict")
@@ -47,27 +49,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seq-len", type=int, default=SEQ_LEN, help="time steps of drawn sequences (RNN models)"
     )
+    from nnship.loadtests import sweep
+
+    sweep.add_arguments(p)
 
 
-def run(args: argparse.Namespace) -> int:
-    if shutil.which("locust") is None and not (Path(sys.executable).parent / "locust").exists():
-        raise NnshipError("locust is not installed: pip install 'nnship[loadtest]'")
-    if args.target and not args.rows:
-        raise NnshipError("--target names the label column of a --rows file; pass --rows FILE")
-    if args.seq_len < 1:
-        raise NnshipError(f"--seq-len {args.seq_len}: must be at least 1")
-    host = args.host.rstrip("/")
-    api_key = os.environ.get("NNSHIP_API_KEY")
-    served = served_model(host, args.model, auth_headers(api_key))
+def request_rows(args: argparse.Namespace, served: Served) -> tuple[np.ndarray, str]:
+    """The rows to send and where they come from: the --rows file, or drawn from the statistics."""
     rows = (
         file_rows(args.rows, served, args.target)
         if args.rows
         else drawn_rows(served, seed=args.seed, seq_len=args.seq_len)
     )
-    source = args.rows or f"drawn from the training statistics (seed {args.seed})"
+    return rows, args.rows or f"drawn from the training statistics (seed {args.seed})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnship.loadtests import sweep
+
+    if args.target and not args.rows:
+        raise NnshipError("--target names the label column of a --rows file; pass --rows FILE")
+    if args.seq_len < 1:
+        raise NnshipError(f"--seq-len {args.seq_len}: must be at least 1")
+    if args.batching_sweep:
+        if args.host or args.sweep:
+            raise NnshipError("--batching-sweep serves the model itself: drop --host and --sweep")
+        return sweep.run_batching_sweep(args)
+    if not args.host:
+        raise NnshipError("pass --host URL (a running service), or --batching-sweep MODEL")
+    if (
+        not args.sweep
+        and shutil.which("locust") is None
+        and not ((Path(sys.executable).parent / "locust").exists())
+    ):
+        raise NnshipError("locust is not installed: pip install 'nnship[loadtest]'")
+    if args.sweep:
+        sweep.check_arguments(args)
+    host = args.host.rstrip("/")
+    api_key = os.environ.get("NNSHIP_API_KEY")
+    served = served_model(host, args.model, auth_headers(api_key))
+    rows, source = request_rows(args, served)
     print(
         f"loadtest {host}: model {served.name}, {len(rows)} rows of shape {list(rows.shape[1:])} {source}"
     )
+    if args.sweep:
+        return sweep.run_sweep(args, host, served, rows)
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "run"
         np.save(Path(tmp) / "rows.npy", rows)

@@ -33,7 +33,7 @@ SUBCOMMANDS = {
     ),
     "loadtest": (
         "nnship.loadtests.slo",
-        "load-test a running service with Locust and gate on an SLO",
+        "load-test a running service and gate on an SLO, or sweep the load to find the knee",
     ),
     "models": ("nnship.store", "list the nnship models in the BentoML model store, or prune them"),
 }

@@ -1,10 +1,12 @@
 """`nnship loadtest --host URL` against real services of several families: it learns the model and
 its rows from the server alone, takes real rows from a file, and explains a failing run."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -157,3 +159,136 @@ def test_an_unreachable_host_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.startswith("nnship: error: cannot reach http://127.0.0.1:9/")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- sweeps (wrk) ---------------------------------------------------------------------------------
+
+SWEEP = ("--sweep", "--concurrency", "1,4", "--step-duration", "1")
+
+
+@pytest.fixture(scope="module")
+def gru_server(tmp_path_factory):
+    tag = _stored(tmp_path_factory, "gru", "digits-seq", "seq-gru", 1)
+    with running_server({"NNSHIP_MODEL": tag, "NNSHIP_THREADS": "1"}) as (url, _):
+        yield url
+
+
+def _sweep(out, *argv: str, **env: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`nnship loadtest ARGV --out OUT` and its JSON report (None when it wrote none)."""
+    clean = {k: v for k, v in os.environ.items() if k != "NNSHIP_API_KEY"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnship.cli", "loadtest", *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, **env},
+    )
+    reports = list(out.glob("*.json")) if out.exists() else []
+    return proc, json.loads(reports[0].read_text()) if reports else None
+
+
+@pytest.mark.parametrize(
+    "server, model, per_request",
+    [
+        ("keyed_server", "iris-served", 1),  # an MLP classifier behind an API key
+        ("cnn_server", "digits-small", 3),
+        ("lstm_server", "seq-lstm", 1),
+        ("gru_server", "seq-gru", 2),
+        ("regression_server", "diabetes-reg", 1),
+    ],
+)
+def test_a_sweep_of_every_family_finds_its_knee(request, tmp_path, server, model, per_request):
+    url = request.getfixturevalue(server)
+    proc, report = _sweep(
+        tmp_path,
+        "--host",
+        url,
+        *SWEEP,
+        "--rows-per-request",
+        str(per_request),
+        "--slo-p99-ms",
+        "5000",
+        NNSHIP_API_KEY="load-key",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = report["steps"]
+    assert report["model"] == model and report["server"] == url
+    assert [s["concurrency"] for s in steps] == [1, 4]
+    assert all(s["errors"] == 0 and s["requests"] > 0 and s["meets_slo"] for s in steps)
+    assert all(s["rows_per_s"] == pytest.approx(s["rps"] * per_request) for s in steps)
+    assert all(s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] for s in steps)
+    knee = max(steps, key=lambda s: s["rps"])
+    assert report["knee"] == {k: v for k, v in knee.items() if k != "meets_slo"}
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith(f"knee: {knee['concurrency']} clients, {knee['rps']:,.0f} req/s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json", "sweep.md", "sweep.png"]
+
+
+def test_a_sweep_with_real_rows_and_one_within_no_slo(regression_server, tmp_path):
+    from nnship.training.data import load_dataset
+
+    np.save(tmp_path / "rows.npy", load_dataset("diabetes").x[:50].astype(np.float32))
+    proc, report = _sweep(
+        tmp_path / "out",
+        "--host",
+        regression_server,
+        *SWEEP,
+        "--rows",
+        str(tmp_path / "rows.npy"),
+        "--slo-p99-ms",
+        "0.001",
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"50 rows of shape [10] {tmp_path / 'rows.npy'}" in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith(
+        "FAIL: no step meets the SLO p99 <= 0.001 ms with zero errors (lowest p99 "
+    )
+    assert report["knee"] is None and report["passed"] is False
+    assert [s["errors"] for s in report["steps"]] == [0, 0]
+
+
+def test_a_sweep_without_the_api_key_fails_on_its_errors(keyed_server, tmp_path):
+    proc, report = _sweep(tmp_path, "--host", keyed_server, *SWEEP, "--slo-p99-ms", "5000")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert all(s["errors"] == s["requests"] > 0 for s in report["steps"])  # 401 each
+    assert proc.stdout.splitlines()[-1].startswith("FAIL: no step meets the SLO p99 <= 5000 ms")
+
+
+def test_a_batching_sweep_serves_each_setting_and_recommends_one(iris_package, tmp_path):
+    proc, report = _sweep(
+        tmp_path,
+        "--batching-sweep",
+        f"iris-served:{iris_package['version']}",
+        "--max-batch-size",
+        "1,16",
+        "--max-wait-ms",
+        "0",
+        "--concurrency",
+        "4",
+        "--step-duration",
+        "1",
+        "--slo-p99-ms",
+        "5000",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    settings = [(s["max_batch_size"], s["max_wait_ms"]) for s in report["settings"]]
+    assert settings == [(1, 0.0), (16, 0.0)]
+    assert all(
+        s["server"].endswith("1 worker, batch " + str(b) + ", wait 0 ms")
+        for s, (b, _) in zip(report["settings"], settings, strict=True)
+    )
+    knees = {(s["max_batch_size"], s["max_wait_ms"]): s["knee"]["rps"] for s in report["settings"]}
+    best = max(knees, key=knees.get)
+    assert report["recommended"] == {"max_batch_size": best[0], "max_wait_ms": best[1]}
+    assert proc.stdout.splitlines()[-1].startswith(
+        f"recommended: --max-batch-size {best[0]} --max-wait-ms 0 (knee "
+    )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["batching-sweep.json", "batching-sweep.md", "batching-sweep.png"]
+
+
+def test_a_batching_sweep_of_a_model_not_stored_is_one_line(tmp_path):
+    proc, report = _sweep(tmp_path, "--batching-sweep", "no-such-model:latest")
+    assert proc.returncode == 2 and report is None
+    assert proc.stderr.startswith("nnship: error: model no-such-model:latest is not in the BentoML")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "serving" not in proc.stdout

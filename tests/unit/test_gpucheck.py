@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nnship.export.variants import build_fp16
 from nnship.loadtests import gpucheck as g
-from nnship.loadtests.benchmark import parse_wrk, wrk_ms
+from nnship.loadtests.wrk import parse_wrk, wrk_ms
 from nnship.onnxrt import CPU, CUDA
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:3000
@@ -97,7 +97,14 @@ def test_one_worker_per_gpu_each_sees_its_own_device():
 def test_wrk_output_is_parsed():
     """wrk's output, read by the serving benchmark's parser, which the GPU check runs wrk through."""
     r = parse_wrk(WRK_OUTPUT)
-    assert r == {"rps": 8093.11, "p50_ms": 7.52, "p99_ms": 15.40, "errors": 7}
+    assert r == {
+        "rps": 8093.11,
+        "p50_ms": 7.52,
+        "p90_ms": 10.02,
+        "p99_ms": 15.40,
+        "requests": 81012,
+        "errors": 7,
+    }
     assert [wrk_ms(t) for t in ("812.00us", "1.20ms", "2.01s", "1.00m")] == pytest.approx(
         [0.812, 1.2, 2010.0, 60000.0]
     )
