@@ -185,6 +185,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="reports/loadtest-sweep",
         help="folder of the sweep's JSON, table and chart",
     )
+    g.add_argument(
+        "--server-label",
+        metavar="TEXT",
+        help="--sweep: how the report and chart name the server (default: the --host URL)",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -267,7 +272,7 @@ def run_sweep(args: argparse.Namespace, host: str, served, rows: np.ndarray) -> 
 
     result = Sweep(
         model=served.name,
-        server=host,
+        server=args.server_label or host,
         slo_p99_ms=args.slo_p99_ms,
         rows_per_request=args.rows_per_request,
         step_seconds=args.step_duration,
@@ -670,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             slo.add_arguments(parser)
             flags = ["--host", url, "--sweep", "--out", args.report, "--step-duration"]
             flags += [str(args.step_duration), "--slo-p99-ms", str(args.slo_p99_ms)]
+            flags += ["--server-label", f"nnship serve, 1 worker, {os.cpu_count()} cores"]
             code = slo.run(parser.parse_args(flags))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda p: shutil.copyfile(Path(args.report) / "sweep.png", p))

@@ -237,8 +237,11 @@ def test_a_sweep_with_real_rows_and_one_within_no_slo(regression_server, tmp_pat
         str(tmp_path / "rows.npy"),
         "--slo-p99-ms",
         "0.001",
+        "--server-label",
+        "regression on one worker",
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert report["server"] == "regression on one worker"
     assert f"50 rows of shape [10] {tmp_path / 'rows.npy'}" in proc.stdout
     assert proc.stdout.splitlines()[-1].startswith(
         "FAIL: no step meets the SLO p99 <= 0.001 ms with zero errors (lowest p99 "
