@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nnship.numeric import softmax
 from nnship.service.encoding import Float32JSONResponse, dumps
 from nnship.service.security import REQUEST_ID
 from nnship.service.validation import RequestError, parse_json, printable
@@ -263,10 +264,7 @@ async def infer(request: Request) -> Response:
     out, refusal = await svc.infer_checked(x, rid)
     if refusal is not None:
         return refusal
-    answer = svc.answer(x, out, flagged, counts)
-    tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
-    if svc.classification:
-        tensors["probabilities"] = answer["probabilities"]
+    tensors = _tensors(svc, out, counts)
     parameters: dict[str, Any] = {"variant": svc.runtime.variant}
     if flagged:
         parameters["out_of_range"] = json.dumps(flagged)
@@ -274,6 +272,24 @@ async def infer(request: Request) -> Response:
     if isinstance(body, dict) and isinstance(body.get("id"), str):
         response["id"] = printable(body["id"])
     return _answer(response, tensors, wanted, parameters)
+
+
+def _tensors(svc: Any, out: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The answer's output tensors, with the prediction and out-of-range counters moved once per
+    label and feature by their counts: counting each row (a lock and an mmap write each) cost
+    ~0.5 ms of a 256-row request."""
+    for f in np.flatnonzero(counts):
+        svc._outside[f].inc(int(counts[f]))
+    tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
+    if not svc.classification:
+        svc._predicted[0].inc(len(out))
+        return tensors
+    p = np.ascontiguousarray(softmax(out), dtype=np.float32)
+    per_label = np.bincount(p.argmax(axis=1), minlength=len(svc.labels))
+    for label in np.flatnonzero(per_label):
+        svc._predicted[label].inc(int(per_label[label]))
+    tensors["probabilities"] = p
+    return tensors
 
 
 def _answer(
