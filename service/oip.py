@@ -277,7 +277,7 @@ async def infer(request: Request) -> Response:
 def _tensors(svc: Any, out: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
     """The answer's output tensors, with the prediction and out-of-range counters moved once per
     label and feature by their counts: counting each row (a lock and an mmap write each) cost
-    ~0.5 ms of a 256-row request."""
+    ~0.2 ms of a 256-row request."""
     for f in np.flatnonzero(counts):
         svc._outside[f].inc(int(counts[f]))
     tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
@@ -299,14 +299,15 @@ def _answer(
     parameters: dict[str, Any],
 ) -> Response:
     """The inference answer: JSON, or (with any output wanted as binary data) the JSON header
-    followed by those outputs' FP32 little-endian bytes, in order."""
+    followed by those outputs' FP32 little-endian bytes, in order, joined straight from the arrays'
+    memory (one copy, into the body)."""
     outputs, chunks = [], []
     for name, binary in wanted:
         t = tensors[name]
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
         if binary:
-            chunks.append(t.astype("<f4", copy=False).tobytes())
-            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+            chunks.append(memoryview(np.ascontiguousarray(t, dtype="<f4")).cast("B"))
+            entry["parameters"] = {"binary_data_size": chunks[-1].nbytes}
         else:
             entry["data"] = t.reshape(-1)
         outputs.append(entry)
