@@ -90,6 +90,7 @@ def wrk(url: str, script: Path, seconds: int, parse: bool = True) -> dict[str, f
     ).stdout
     if not parse:
         return {}
+    out = "\n".join(line.rstrip() for line in out.splitlines())  # wrk pads "1.45s " to a column
     try:
         r = parse_wrk(out)
     except ValueError as e:
