@@ -383,12 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--v2-encodings",
         action="store_true",
-        help="only measure v2 JSON vs binary tensor data (CPU per row) and update that section",
+        help="only measure v2 JSON vs binary tensor data (rows/s, CPU per row) and update that "
+        "section",
     )
     args = p.parse_args(argv)
     report = Path(args.report)
     if args.v2_encodings:
         from nnship.loadtests import v2encodings
+
+        if shutil.which("wrk") is None:
+            print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+            return 2
 
         with tempfile.TemporaryDirectory() as tmp:
             section = v2encodings.render(v2encodings.run(Path(tmp) / "bentoml"))

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from nnship.numeric import softmax
 from nnship.service.encoding import Float32JSONResponse, dumps
 from nnship.service.security import REQUEST_ID
 from nnship.service.validation import RequestError, parse_json, printable
@@ -263,10 +264,7 @@ async def infer(request: Request) -> Response:
     out, refusal = await svc.infer_checked(x, rid)
     if refusal is not None:
         return refusal
-    answer = svc.answer(x, out, flagged, counts)
-    tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
-    if svc.classification:
-        tensors["probabilities"] = answer["probabilities"]
+    tensors = _tensors(svc, out, counts)
     parameters: dict[str, Any] = {"variant": svc.runtime.variant}
     if flagged:
         parameters["out_of_range"] = json.dumps(flagged)
@@ -276,6 +274,24 @@ async def infer(request: Request) -> Response:
     return _answer(response, tensors, wanted, parameters)
 
 
+def _tensors(svc: Any, out: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The answer's output tensors, with the prediction and out-of-range counters moved once per
+    label and feature by their counts: counting each row (a lock and an mmap write each) cost
+    ~0.2 ms of a 256-row request."""
+    for f in np.flatnonzero(counts):
+        svc._outside[f].inc(int(counts[f]))
+    tensors = {"output": np.ascontiguousarray(out, dtype=np.float32)}
+    if not svc.classification:
+        svc._predicted[0].inc(len(out))
+        return tensors
+    p = np.ascontiguousarray(softmax(out), dtype=np.float32)
+    per_label = np.bincount(p.argmax(axis=1), minlength=len(svc.labels))
+    for label in np.flatnonzero(per_label):
+        svc._predicted[label].inc(int(per_label[label]))
+    tensors["probabilities"] = p
+    return tensors
+
+
 def _answer(
     response: dict[str, Any],
     tensors: dict[str, np.ndarray],
@@ -283,14 +299,15 @@ def _answer(
     parameters: dict[str, Any],
 ) -> Response:
     """The inference answer: JSON, or (with any output wanted as binary data) the JSON header
-    followed by those outputs' FP32 little-endian bytes, in order."""
+    followed by those outputs' FP32 little-endian bytes, in order, joined straight from the arrays'
+    memory (one copy, into the body)."""
     outputs, chunks = [], []
     for name, binary in wanted:
         t = tensors[name]
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
         if binary:
-            chunks.append(t.astype("<f4", copy=False).tobytes())
-            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+            chunks.append(memoryview(np.ascontiguousarray(t, dtype="<f4")).cast("B"))
+            entry["parameters"] = {"binary_data_size": chunks[-1].nbytes}
         else:
             entry["data"] = t.reshape(-1)
         outputs.append(entry)

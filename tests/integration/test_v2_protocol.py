@@ -7,6 +7,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nnship.numeric import softmax
 from nnship.training.data import load_dataset, split
@@ -210,3 +211,42 @@ def test_json_floats_are_shortest_float32_decimals(server, client, rows):
         shortest = np.format_float_scientific(v, unique=True, trim="-").split("e")[0]
         mantissa = t.lower().split("e")[0].replace(".", "").lstrip("0").rstrip("0")
         assert len(mantissa) <= len(shortest.replace(".", "").lstrip("0").rstrip("0")), (t, v)
+
+
+def counters(url: str, family: str, label: str) -> dict[str, float]:
+    """One counter family's values in /metrics, by one label's value."""
+    text = httpx.get(f"{url}/metrics").text
+    (fam,) = (f for f in text_string_to_metric_families(text) if f.name == family)
+    return {s.labels[label]: s.value for s in fam.samples if s.name.endswith("_total")}
+
+
+def test_infer_counts_predictions_and_out_of_range_values(server, client, rows):
+    """Each answered row moves the counter of its predicted label once, and each value outside the
+    training range the counter of its feature once, whether the data came as binary or as JSON."""
+    import tritonclient.http as triton
+
+    url, _ = server
+    x = np.concatenate([rows, rows[:3]])
+    x[1, 0] = 500.0  # sepal length far outside the training range
+    x[4, 0] = x[4, 2] = -100.0
+    labels = client.get_model_metadata(MODEL)["parameters"]["labels"]
+    predicted_before = counters(url, "nnship_predictions", "label")
+    outside_before = counters(url, "nnship_out_of_range_inputs", "feature")
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    for binary in (True, False):
+        inp.set_data_from_numpy(x, binary_data=binary)
+        result = client.infer(MODEL, [inp])
+    picked = np.bincount(result.as_numpy("probabilities").argmax(axis=1), minlength=len(labels))
+    predicted = counters(url, "nnship_predictions", "label")
+    assert {k: predicted[k] - predicted_before.get(k, 0) for k in labels} == {
+        k: 2 * int(n) for k, n in zip(labels, picked, strict=True)
+    }
+    outside = counters(url, "nnship_out_of_range_inputs", "feature")
+    moved = {k: v - outside_before.get(k, 0) for k, v in outside.items()}
+    assert moved["sepal length (cm)"] == 4 and moved["petal length (cm)"] == 2
+    assert moved["sepal width (cm)"] == moved["petal width (cm)"] == 0
+    flagged = json.loads(result.get_response()["parameters"]["out_of_range"])
+    assert flagged == [
+        {"row": 1, "features": ["sepal length (cm)"]},
+        {"row": 4, "features": ["sepal length (cm)", "petal length (cm)"]},
+    ]

@@ -235,3 +235,52 @@ def test_output_options_checked(outputs, parameters, rule):
     if parameters is not None:
         b["parameters"] = parameters
     assert refused(b).rule == rule
+
+
+def outcome(data, shape=(2, 4)):
+    """The array a v2 request's data reads as, or its refusal's fields."""
+    try:
+        return V.v2_inputs(body(data, shape=shape))[0].tolist()
+    except RequestError as e:
+        return (e.status, e.reason, e.rule, e.loc, e.message)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [0.5, 1, -2.25, 3, 4e-30, -0.0, 6, 7],
+        [[0.5, 1, -2.25, 3], [4, 5, 6, 7]],
+        [1, 2, 3, 4, 5, 6, 7, 2**70 + 1],  # past int64, within double
+        [1, 2, 3, 4, 5, 6, 7, 10**400],  # past double
+        [1, 2, 3, 4, 5, 6, 7, 1e39],  # past float32
+        [1, 2, 3, 4, 5, 6, 7, json.loads("-1e999")],
+        [1, 2, 3, True, 5, 6, 7, 8],
+        [1, 2, 3, "4", 5, 6, 7, 8],
+        [1, 2, 3, None, 5, 6, 7, 8],
+        [[1, 2, 3, 4], [5, 6, 7, [8]]],
+        [[1, 2, 3], [4, 5, 6, 7, 8]],
+        [[1, 2], [3, 4], [5, 6], [7, 8]],
+        [[[1, 2, 3, 4]], [[5, 6, 7, 8]]],
+        [[1, 2, 3, 4], 5, 6, 7, 8],
+        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [[1, 2, 3, 4], [5, 6, 7, "8"]],
+        [[1, 2, 3, 4], []],
+    ],
+)
+def test_plain_lists_read_as_the_strict_walk_reads_them(data):
+    """Plain lists of numbers are read in one numpy call; a list subclass always takes the strict
+    walk: both give the same array, or the same refusal."""
+    strict = Counted(data)
+    assert outcome(data) == outcome(strict)
+    assert strict.seen > 0  # the subclass did take the walk
+
+
+def test_plain_lists_nested_as_a_deeper_shape():
+    image = Validator(manifests.manifest("cnn", [1, 2, 3], "classification"), max_rows=8)
+    x = np.arange(12, dtype=np.float32).reshape(2, 1, 2, 3)
+    request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 2, 3]}]}
+    for data in (x.tolist(), x.reshape(-1).tolist(), x.reshape(2, 6).tolist()):
+        request["inputs"][0]["data"] = data
+        got = image.v2_inputs(request)[0]
+        assert got.dtype == np.float32 and np.array_equal(got, x)
