@@ -27,7 +27,8 @@ import httpx
 import numpy as np
 import psutil
 
-from nnship.loadtests.benchmark import _free_port, _server, parse_wrk
+from nnship.loadtests.benchmark import _free_port, _server
+from nnship.loadtests.wrk import run_wrk
 
 ROWS = 256
 CLIENTS = 8
@@ -80,24 +81,10 @@ def wrk(url: str, script: Path, seconds: int, parse: bool = True) -> dict[str, f
     """wrk's figures for CLIENTS connections over two threads (a long timeout: a request of the
     heavy model takes a large fraction of a second); `parse=False` for a warm-up, which may end
     before any answer."""
-    args = ["-t", "2", "-c", str(CLIENTS), "-d", f"{seconds}s", "--timeout", "60s", "--latency"]
-    out = subprocess.run(
-        ["wrk", *args, "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 120,
-    ).stdout
-    if not parse:
-        return {}
-    out = "\n".join(line.rstrip() for line in out.splitlines())  # wrk pads "1.45s " to a column
     try:
-        r = parse_wrk(out)
+        return run_wrk(url, script, CLIENTS, seconds, seconds + 120, 60, parse)
     except ValueError as e:
-        raise RuntimeError(f"{e}:\n{out}") from None
-    done = re.search(r"(\d+) requests in", out)
-    r["requests"] = int(done.group(1)) if done else round(r["rps"] * seconds)
-    return r
+        raise RuntimeError(f"wrk against {url}: {e}") from None
 
 
 def worker_cpu(server_pid: int) -> float:

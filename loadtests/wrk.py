@@ -50,7 +50,8 @@ def wrk_ms(text: str) -> float:
 def parse_wrk(text: str) -> dict[str, float]:
     """`wrk --latency` output -> requests/s, p50, p90 and p99 in ms, requests sent and errors
     (non-2xx answers plus socket errors: refused, reset, timed out)."""
-    lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)$", text, re.M))
+    # wrk pads a latency of a second or more to its column ("1.45s "): trailing blanks allowed
+    lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)[ \t]*$", text, re.M))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     if rps is None or set(lat) != {"50", "90", "99"}:
         raise ValueError("wrk printed no Requests/sec or latency distribution")
@@ -69,9 +70,18 @@ def parse_wrk(text: str) -> dict[str, float]:
 
 
 def run_wrk(
-    url: str, script: Path, connections: int, seconds: int, timeout: float | None = None
+    url: str,
+    script: Path,
+    connections: int,
+    seconds: int,
+    timeout: float | None = None,
+    request_timeout_s: float | None = None,
+    parse: bool = True,
 ) -> dict[str, float]:
-    """wrk with `connections` clients for `seconds` (at most two threads), its figures parsed."""
+    """wrk with `connections` clients for `seconds` (at most two threads), its figures parsed;
+    `request_timeout_s` raises wrk's own 2 s limit for slow requests, and `parse=False` suits a
+    warm-up, which may end before any answer ({} then)."""
+    limit = [] if request_timeout_s is None else ["--timeout", f"{request_timeout_s:g}s"]
     out = subprocess.run(
         [
             "wrk",
@@ -81,6 +91,7 @@ def run_wrk(
             str(connections),
             "-d",
             f"{seconds}s",
+            *limit,
             "--latency",
             "-s",
             str(script),
@@ -91,4 +102,4 @@ def run_wrk(
         check=True,
         timeout=timeout,
     ).stdout
-    return parse_wrk(out)
+    return parse_wrk(out) if parse else {}

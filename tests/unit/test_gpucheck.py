@@ -94,6 +94,12 @@ def test_one_worker_per_gpu_each_sees_its_own_device():
     assert g.worker_envs(0) == []
 
 
+def test_wrk_latencies_of_seconds_padded_to_their_column_are_parsed():
+    padded = WRK_OUTPUT.replace("15.40ms", "1.45s ").replace("10.02ms", "1.02s  ")
+    r = parse_wrk(padded)
+    assert (r["p90_ms"], r["p99_ms"]) == pytest.approx((1020.0, 1450.0))
+
+
 def test_wrk_output_is_parsed():
     """wrk's output, read by the serving benchmark's parser, which the GPU check runs wrk through."""
     r = parse_wrk(WRK_OUTPUT)
