@@ -9,6 +9,15 @@ With `concatenate=False` (a model whose rows influence each other's outputs, suc
 quantization with one activation scale per input tensor) the queued requests still go to the worker
 thread together, but each runs as its own inference call, so an answer is the one the request would
 get alone.
+
+A request that finds the model idle, nothing queued and no other request in flight (`alone`, as
+the caller knows it) runs inline on the event loop when the model's recent batches took under
+`inline_max_ms`: the hand-off to the inference thread and back (a queue wake-up, the executor's
+thread switch, `call_soon_threadsafe` and two more loop iterations) is most of a small model's
+latency at one client. The trade-off: while that inference runs the loop does nothing else, so a
+request arriving meanwhile is read up to `inline_max_ms` later than it would have been; a slow
+model (over the limit) and any crowd (not `alone`) go through the thread and batching as before.
+Measured on the digits CNN at one client (reports/serving-benchmark.md): see the p50 there.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ class AdaptiveBatcher:
         max_latency_ms: float,
         max_wait_ms: float = 0.0,
         concatenate: bool = True,
+        inline_max_ms: float = 1.0,
     ):
         self.infer = infer
         self.concatenate = concatenate
@@ -53,8 +63,14 @@ class AdaptiveBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnship-infer")
+        self.inline_max = inline_max_ms / 1000
+        self._busy = False  # a batch is in the inference thread
+        self._recent = float("inf")  # seconds the latest batch took (inf: none timed yet)
 
-    async def __call__(self, x: np.ndarray) -> np.ndarray:
+    async def __call__(self, x: np.ndarray, alone: bool = False) -> np.ndarray:
+        """The model's output for `x`; `alone`: no other request is in flight (inline allowed)."""
+        if alone and not self._busy and not self._queue and self._recent < self.inline_max:
+            return self._timed(x)
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
@@ -97,10 +113,13 @@ class AdaptiveBatcher:
                     by_shape[job.x.shape[1:]].append(job)
                 for group in by_shape.values():
                     work = self._joined if self.concatenate else self._each
+                    self._busy = True
                     try:
                         outs = await loop.run_in_executor(self._executor, work, group)
                     except Exception as e:  # the consumer must outlive any failure
                         outs = [e] * len(group)
+                    finally:
+                        self._busy = False
                     for j, out in zip(group, outs, strict=True):
                         if j.future.done():
                             continue
@@ -109,11 +128,18 @@ class AdaptiveBatcher:
                         else:
                             j.future.set_result(out)
 
+    def _timed(self, x: np.ndarray) -> np.ndarray:
+        """One inference, its duration kept to decide whether the next lone request runs inline."""
+        t = time.perf_counter()
+        out = self.infer(x)
+        self._recent = time.perf_counter() - t
+        return out
+
     def _joined(self, group: list[_Job]) -> list[np.ndarray | Exception]:
         """One inference over the group's rows, split back per request (in the worker thread)."""
         try:
             x = np.concatenate([j.x for j in group]) if len(group) > 1 else group[0].x
-            out = self.infer(x)
+            out = self._timed(x)
             bounds = np.cumsum([0, *(len(j.x) for j in group)])
             return [out[a:b] for a, b in itertools.pairwise(bounds)]
         except Exception as e:
@@ -124,7 +150,7 @@ class AdaptiveBatcher:
         outs: list[np.ndarray | Exception] = []
         for j in group:
             try:
-                outs.append(self.infer(j.x))
+                outs.append(self._timed(j.x))
             except Exception as e:
                 outs.append(e)
         return outs

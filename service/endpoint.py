@@ -60,10 +60,10 @@ class PredictEndpoint:
         ):
             await self.app(scope, receive, send)
             return
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if raw is None:
             return
-        csv_body = _is_csv(scope)
+        csv_body = is_csv(scope)
         if self.enabled:
             response = await svc.predict_json(raw, csv_body)
         else:
@@ -81,7 +81,7 @@ class PredictEndpoint:
         await response(scope, receive, send)
 
 
-def _is_csv(scope) -> bool:
+def is_csv(scope) -> bool:
     """Whether the body is declared text/csv (the guard in front let only one content type in)."""
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -100,7 +100,7 @@ def _as_json(scope, length: int) -> dict[str, Any]:
     return {**scope, "headers": headers}
 
 
-async def _read_body(receive) -> bytes | None:
+async def read_body(receive) -> bytes | None:
     """The whole body (None: the client left); the guard in front has held it to its size limit."""
     chunks = []
     while True:

@@ -122,3 +122,64 @@ def test_batch_coupling_found_inside_subgraphs():
         helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "g", [x], [out])
     )
     assert batch_coupled_ops(plain.SerializeToString()) == []
+
+
+class WhereModel:
+    """A model that records which thread ran each call."""
+
+    def __init__(self, delay=0.0):
+        self.delay, self.threads = delay, []
+
+    def __call__(self, x):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        return x + 1
+
+
+def test_a_lone_request_on_a_fast_model_runs_inline_once_the_model_is_timed():
+    model = WhereModel()
+    batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=50)
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        first = await batcher(x, alone=True)  # not timed yet: through the thread
+        second = await batcher(x, alone=True)  # timed fast: inline, on the loop's thread
+        crowd = await batcher(x, alone=False)  # others in flight: through the thread
+        return first, second, crowd
+
+    for out in asyncio.run(main()):
+        np.testing.assert_array_equal(out, x + 1)
+    assert model.threads[0].startswith("nnship-infer")
+    assert model.threads[1] == "MainThread"
+    assert model.threads[2].startswith("nnship-infer")
+
+
+def test_a_slow_model_never_runs_on_the_event_loop():
+    model = WhereModel(delay=0.005)
+    batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=1)
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        for _ in range(3):
+            await batcher(x, alone=True)
+
+    asyncio.run(main())
+    assert all(t.startswith("nnship-infer") for t in model.threads)
+
+
+def test_a_lone_request_waits_for_a_batch_in_flight_instead_of_running_beside_it():
+    model = WhereModel(delay=0.02)
+    batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=1000)
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        await batcher(x, alone=True)  # timed: 20 ms, under the 1 s limit
+        busy = asyncio.ensure_future(batcher(x))
+        await asyncio.sleep(0.005)  # that batch is in the thread now
+        await batcher(x, alone=True)
+        await busy
+
+    asyncio.run(main())
+    assert model.threads[2].startswith("nnship-infer")  # not inline while the model was busy

@@ -15,7 +15,7 @@ BUILD = """
 import json
 import uvicorn
 from _bentoml_impl.loader import load
-from nnship.service import patches, service
+from nnship.service import fastlane, patches, service
 
 
 def stack(app):
@@ -36,7 +36,9 @@ config.load()
 protocol = config.http_protocol_class
 routes = [getattr(r, "path", "") for r in app.router.routes]
 patches.install(service.SETTINGS, "irisnet")  # a second call changes nothing
+lane = fastlane.find_lane(app.build_middleware_stack().app)
 print(json.dumps({
+    "lane": None if lane is None else [lane.timeout, lane.semaphore._value, lane.labels["endpoint"]],
     "first": stack(app),
     "again": stack(svc.to_asgi(is_main=True)),
     "protocol": f"{protocol.__module__}.{protocol.__qualname__}",
@@ -45,6 +47,8 @@ print(json.dumps({
 """
 
 EXPECTED = [
+    # POST /predict answered outermost, doing the work of the layers below for it
+    "nnship.service.fastlane.FastPredict",
     "starlette.middleware.errors.ServerErrorMiddleware",
     # BentoML's request metrics, outermost: bounded path labels, websockets refused first
     "nnship.service.pathlabels.install.<locals>.BoundedPathMetrics",
@@ -84,6 +88,14 @@ def built(tmp_path_factory):
 
 def test_middleware_stack_in_order_with_each_replacement(built):
     assert built["first"] == EXPECTED
+
+
+def test_the_predict_lane_stands_in_for_the_stack_with_its_own_limits(built):
+    """The lane found every layer it does the work of, with the service's timeout and limit."""
+    from nnship.service.settings import Settings
+
+    defaults = Settings()
+    assert built["lane"] == [defaults.timeout_s, defaults.max_concurrency, "/predict"]
 
 
 def test_installing_twice_changes_nothing(built):
