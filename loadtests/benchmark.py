@@ -264,14 +264,10 @@ def _matches(key: str, frame: str) -> bool:
     return frame.startswith(function + " (") and file in frame
 
 
-# leaf frames of a thread waiting, not working: the event loop in epoll, the inference thread for
-# its next batch (py-spy samples them unless it can tell the thread is idle)
-WAITING = ("select@selectors.py", "_worker@concurrent/futures/thread.py", "wait@threading.py")
-
-
 def summarize_profile(text: str) -> list[tuple[str, float]]:
     """Attribute each sampled stack to the first bucket its innermost frames match (leaf first);
-    stacks of a thread waiting for work are left out."""
+    py-spy leaves out the samples of threads it sees idle (an epoll wait, a thread waiting for
+    work)."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
     for line in text.splitlines():
@@ -279,8 +275,6 @@ def summarize_profile(text: str) -> list[tuple[str, float]]:
         if not n.isdigit():
             continue
         frames = stack.split(";")
-        if any(_matches(k, frames[-1]) for k in WAITING):
-            continue
         total += int(n)
         bucket = "idle / other"
         for frame in reversed(frames):
@@ -373,7 +367,10 @@ def bench_model(
     if not compare_routes:
         del servers["nnship-bentoml-route"]
     for name, (cmd, extra, ready) in servers.items():
-        results[name] = _bench_server(cmd, {**env, **extra}, ready, script, seconds, work, name)
+        profiled = name == "nnship" or (compare_routes and name == "bare")
+        results[name] = _bench_server(
+            cmd, {**env, **extra}, ready, script, seconds, work, name, profiled=profiled
+        )
         print(
             f"{model} {name}: "
             + ", ".join(f"c{c} {results[name][c]['rps']:.0f} rps" for c in CONCURRENCY),
@@ -400,17 +397,19 @@ def _bench_server(
     work: Path,
     name: str,
     clients: tuple[int, ...] = CONCURRENCY,
+    profiled: bool = False,
 ) -> dict:
-    """One server started, warmed and measured at each number of clients (nnship: also profiled,
-    its shed requests and mean batch read from /metrics)."""
+    """One server started, warmed and measured at each number of clients, then profiled if asked
+    (nnship: its shed requests and mean batch read from /metrics)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with _server([c.replace("{port}", str(port)) for c in cmd], env, url, ready) as proc:
         run_wrk(url, script, 16, 2)  # warm the path
         pids = [proc.pid, *_children(proc.pid)]
         result: dict = {c: measure(url, script, c, seconds, pids) for c in clients}
-        if name == "nnship":
+        if profiled:
             result["profile"] = profile(proc.pid, url, script, max(6, seconds), work)
+        if name == "nnship":
             metrics = httpx.get(f"{url}/metrics").text
             result["shed"] = sum(
                 float(v)

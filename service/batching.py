@@ -10,14 +10,16 @@ quantization with one activation scale per input tensor) the queued requests sti
 thread together, but each runs as its own inference call, so an answer is the one the request would
 get alone.
 
-A request that finds the model idle, nothing queued and no other request in flight (`alone`, as
-the caller knows it) runs inline on the event loop when the model's recent batches took under
-`inline_max_ms`: the hand-off to the inference thread and back (a queue wake-up, the executor's
-thread switch, `call_soon_threadsafe` and two more loop iterations) is most of a small model's
-latency at one client. The trade-off: while that inference runs the loop does nothing else, so a
-request arriving meanwhile is read up to `inline_max_ms` later than it would have been; a slow
-model (over the limit) and any crowd (not `alone`) go through the thread and batching as before.
-Measured on the digits CNN at one client (reports/serving-benchmark.md): see the p50 there.
+When the model's latest batch took under `inline_max_ms`, the consumer runs the next batch itself,
+on the event loop, instead of handing it to the inference thread: for a small model the hand-off
+(the executor's queue and thread switch, `call_soon_threadsafe` waking the loop through its pipe)
+costs more than the inference. Requests still batch: the consumer runs after the request tasks
+already scheduled, so everything that arrived in one pass of the loop goes in one call. The
+trade-off: while such a batch runs the loop reads no sockets, so a request arriving meanwhile waits
+up to `inline_max_ms` more; a slower model (the heavy MLP: milliseconds a row) keeps the thread, so
+the loop goes on reading requests during its inference. Measured on the digits CNN, one worker
+(loadtests/benchmark.py, one run on 2 shared cores): at one client p50 0.49 -> 0.28 ms and server
+CPU 502 -> 269 µs a request, together with service/fastlane.py.
 """
 
 from __future__ import annotations
@@ -64,13 +66,9 @@ class AdaptiveBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnship-infer")
         self.inline_max = inline_max_ms / 1000
-        self._busy = False  # a batch is in the inference thread
         self._recent = float("inf")  # seconds the latest batch took (inf: none timed yet)
 
-    async def __call__(self, x: np.ndarray, alone: bool = False) -> np.ndarray:
-        """The model's output for `x`; `alone`: no other request is in flight (inline allowed)."""
-        if alone and not self._busy and not self._queue and self._recent < self.inline_max:
-            return self._timed(x)
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
@@ -113,13 +111,13 @@ class AdaptiveBatcher:
                     by_shape[job.x.shape[1:]].append(job)
                 for group in by_shape.values():
                     work = self._joined if self.concatenate else self._each
-                    self._busy = True
                     try:
-                        outs = await loop.run_in_executor(self._executor, work, group)
+                        if self._recent < self.inline_max:  # a fast model: no hand-off
+                            outs = work(group)
+                        else:
+                            outs = await loop.run_in_executor(self._executor, work, group)
                     except Exception as e:  # the consumer must outlive any failure
                         outs = [e] * len(group)
-                    finally:
-                        self._busy = False
                     for j, out in zip(group, outs, strict=True):
                         if j.future.done():
                             continue
@@ -129,7 +127,7 @@ class AdaptiveBatcher:
                             j.future.set_result(out)
 
     def _timed(self, x: np.ndarray) -> np.ndarray:
-        """One inference, its duration kept to decide whether the next lone request runs inline."""
+        """One inference, its duration kept to decide where the next batch runs."""
         t = time.perf_counter()
         out = self.infer(x)
         self._recent = time.perf_counter() - t

@@ -95,7 +95,6 @@ class _Lane:
                 runner_name=labels["runner_name"],
             )
         self._by_status: dict[int, tuple[Any, Any]] = {}
-        self.in_flight = 0  # /predict requests inside the lane now
 
     def record(self, status: int, seconds: float) -> None:
         """BentoML's request counter and duration for one finished answer."""
@@ -185,11 +184,9 @@ class FastPredict:
             await send(message)
 
         lane.in_progress.inc()
-        lane.in_flight += 1
         try:
             await self._timed(lane, scope, receive, metered_send)
         finally:
-            lane.in_flight -= 1
             lane.in_progress.dec()
 
     async def _timed(self, lane: _Lane, scope, receive, send) -> None:
@@ -241,9 +238,7 @@ class FastPredict:
             return
         started = False
         try:
-            status, hdrs, body = await STATE.service.predict_raw(
-                raw, is_csv(scope), rid, alone=lane.in_flight == 1
-            )
+            status, hdrs, body = await STATE.service.predict_raw(raw, is_csv(scope), rid)
             reason = next((v.decode() for k, v in hdrs if k == b"x-nnship-reject"), None)
             if reason is not None:
                 metrics.reject(reason)

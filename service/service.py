@@ -170,12 +170,11 @@ class NnshipService:
         return out
 
     async def infer_checked(
-        self, x: np.ndarray, rid: str, alone: bool = False
+        self, x: np.ndarray, rid: str
     ) -> tuple[np.ndarray, JSONResponse | None]:
-        """Inference through the batcher, with its failures already turned into responses
-        (`alone`: no other request is in flight, see AdaptiveBatcher)."""
+        """Inference through the batcher, with its failures already turned into responses."""
         try:
-            out = await self.infer(x, alone)
+            out = await self.infer(x)
         except Overloaded:
             return x, self.overloaded(rid)
         except Exception:
@@ -186,9 +185,9 @@ class NnshipService:
             return x, self.reject(e, rid)
         return out, None
 
-    async def infer(self, x: np.ndarray, alone: bool = False) -> np.ndarray:
+    async def infer(self, x: np.ndarray) -> np.ndarray:
         """Through the adaptive batcher; raises Overloaded when the request would be too late."""
-        return await self.batcher(x, alone)
+        return await self.batcher(x)
 
     # -- answers --------------------------------------------------------------------------------------
     def answer(
@@ -275,7 +274,7 @@ class NnshipService:
         return await self.respond(parse, raw)
 
     async def predict_raw(
-        self, raw: bytes, csv_body: bool, rid: str, alone: bool = False
+        self, raw: bytes, csv_body: bool, rid: str
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """/predict for a raw body as `service/fastlane.py` answers it: (status, headers, body),
         the same answer `predict_json` gives, without a response object in between."""
@@ -285,7 +284,7 @@ class NnshipService:
             flagged, counts = self.validator.out_of_range(x)
         except RequestError as e:
             return _parts(self.reject(e, rid))
-        out, refusal = await self.infer_checked(x, rid, alone)
+        out, refusal = await self.infer_checked(x, rid)
         if refusal is not None:
             return _parts(refusal)
         body = dumps(self.answer(x, out, flagged, counts))

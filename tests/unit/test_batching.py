@@ -125,35 +125,36 @@ def test_batch_coupling_found_inside_subgraphs():
 
 
 class WhereModel:
-    """A model that records which thread ran each call."""
+    """A model that records which thread ran each call and how many rows it got."""
 
     def __init__(self, delay=0.0):
-        self.delay, self.threads = delay, []
+        self.delay, self.threads, self.rows = delay, [], []
 
     def __call__(self, x):
         import threading
 
         self.threads.append(threading.current_thread().name)
+        self.rows.append(len(x))
         time.sleep(self.delay)
         return x + 1
 
 
-def test_a_lone_request_on_a_fast_model_runs_inline_once_the_model_is_timed():
+def test_a_fast_model_runs_on_the_loop_once_timed_and_still_batches():
     model = WhereModel()
     batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=50)
-    x = np.ones((1, 3), np.float32)
+    xs = [np.full((1, 3), i, np.float32) for i in range(8)]
 
     async def main():
-        first = await batcher(x, alone=True)  # not timed yet: through the thread
-        second = await batcher(x, alone=True)  # timed fast: inline, on the loop's thread
-        crowd = await batcher(x, alone=False)  # others in flight: through the thread
-        return first, second, crowd
+        first = await batcher(xs[0])  # not timed yet: in the inference thread
+        crowd = await asyncio.gather(*(batcher(x) for x in xs))  # timed fast: on the loop
+        return [first, *crowd]
 
-    for out in asyncio.run(main()):
+    outs = asyncio.run(main())
+    for x, out in zip([xs[0], *xs], outs, strict=True):
         np.testing.assert_array_equal(out, x + 1)
     assert model.threads[0].startswith("nnship-infer")
-    assert model.threads[1] == "MainThread"
-    assert model.threads[2].startswith("nnship-infer")
+    assert model.threads[1:] == ["MainThread"]  # one call for the eight requests
+    assert model.rows == [1, 8]
 
 
 def test_a_slow_model_never_runs_on_the_event_loop():
@@ -163,23 +164,8 @@ def test_a_slow_model_never_runs_on_the_event_loop():
 
     async def main():
         for _ in range(3):
-            await batcher(x, alone=True)
+            await batcher(x)
 
     asyncio.run(main())
+    assert len(model.threads) == 3
     assert all(t.startswith("nnship-infer") for t in model.threads)
-
-
-def test_a_lone_request_waits_for_a_batch_in_flight_instead_of_running_beside_it():
-    model = WhereModel(delay=0.02)
-    batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=1000)
-    x = np.ones((1, 3), np.float32)
-
-    async def main():
-        await batcher(x, alone=True)  # timed: 20 ms, under the 1 s limit
-        busy = asyncio.ensure_future(batcher(x))
-        await asyncio.sleep(0.005)  # that batch is in the thread now
-        await batcher(x, alone=True)
-        await busy
-
-    asyncio.run(main())
-    assert model.threads[2].startswith("nnship-infer")  # not inline while the model was busy
