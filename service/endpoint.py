@@ -22,6 +22,10 @@ would have added.
 
 Not a replacement inside BentoML: it is added with the service's `add_asgi_middleware`, so it sits
 behind BentoML's own middleware and in front of its router (tests/unit/test_patches.py checks it).
+In the default configuration a POST /predict does not get this far: `service/fastlane.py`, outside
+BentoML's stack, does the work of the layers in front of this one and answers it with the same
+service methods; this endpoint answers when that lane stands aside (the access log on, or any
+other layer in front that it does not stand in for).
 """
 
 from __future__ import annotations
