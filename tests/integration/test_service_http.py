@@ -428,9 +428,7 @@ def test_predict_request_metrics_are_the_series_bentoml_records(server):
         assert count[0].value - (was[0].value if was else 0) == 1
     # the same label names as the series BentoML's middleware records for /readyz
     ready = next(
-        s
-        for s in after["bentoml_service_request"].samples
-        if s.labels.get("endpoint") == "/readyz"
+        s for s in after["bentoml_service_request"].samples if s.labels.get("endpoint") == "/readyz"
     )
     predicted = predict_series(after, "bentoml_service_request", "_total", "200")[0]
     assert set(predicted.labels) == set(ready.labels)
