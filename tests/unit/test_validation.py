@@ -414,9 +414,7 @@ def test_the_fast_json_reader_answers_every_body_as_json_does():
     bytes) gets exactly the answer or refusal the standard json reader gives it."""
 
     def by_json(raw):
-        return IMG.predict_inputs(
-            IMG.parse(raw)["inputs"]
-        )  # the envelope is well formed in every case below
+        return IMG.predict_inputs(IMG.parse(raw)["inputs"])  # the envelope is well formed below
 
     values = [
         "1",
@@ -445,5 +443,32 @@ def test_the_fast_json_reader_answers_every_body_as_json_does():
     for v in values:
         raw = b'{"inputs": [[[[1, 2], [3, ' + v.encode() + b"]]]]}"
         assert _outcome(IMG.predict_body, raw) == _outcome(by_json, raw), v
+    # whole arrays: numpy's quick read of plain numbers must accept and refuse what pydantic does
+    row = "[[1, 2], [3, 4]]"
+    for inputs in [
+        f"[{row}]",
+        f"[{row}, {row}, {row}, {row}]",
+        f"[{row}, {row}, {row}, {row}, {row}]",  # too many rows
+        "[]",
+        f"{row}",  # rank
+        "[[[1, 2, 3], [3, 4, 5]]]",
+        "[[[1, 2], [3, 4]], [[1, 2], [3, 4]]]",
+        "[[[[1, 2], [3]]]]",  # ragged
+        "[[[[1, 2], [3, 4, 5]]]]",
+        '[[[[1, 2], [3, "4"]]]]',
+        "[[[[1, 2], [3, null]]]]",
+        '[[[[1, 2], [3, {"a": 1}]]]]',
+        "[[[[1.5, 2], [-3, 4e2]]]]",
+        "[[[[1, 2], [3, 18446744073709551615]]]]",
+        "[[[[1, 2], [3, -9223372036854775808]]]]",
+        "[[[[1, 2], [3, 1e39]]]]",
+        "[[[[1, 2], [3, true]]]]",
+        "[[[[1, 2], [3, 4]]], [[[1, 2], [3, 4]]]]",
+        "[[1, 2, 3, 4]]",
+        "5",
+        "null",
+    ]:
+        raw = b'{"inputs": ' + inputs.encode() + b"}"
+        assert _outcome(IMG.predict_body, raw) == _outcome(by_json, raw), inputs
     for raw in (b"\xef\xbb\xbf{}", b'{"inputs": "\xff"}', b"[" * 5000, b'{"inputs": [1]} x'):
         assert rule(IMG.predict_body, raw)[:3] == (400, "malformed", "json")
