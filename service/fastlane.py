@@ -47,7 +47,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 
 from nnship.service import metrics
 from nnship.service.concurrency import ConcurrencyLimit
-from nnship.service.endpoint import PredictEndpoint, is_csv, read_body
+from nnship.service.endpoint import PredictEndpoint, read_body
 from nnship.service.jobs import JobRoutes
 from nnship.service.oip import STATE
 from nnship.service.security import (
@@ -171,46 +171,35 @@ class FastPredict:
         if self.lane is None:
             await self.app(scope, receive, send)
             return
-        await self._metered(self.lane, scope, receive, send)
+        await self._answer(self.lane, scope, receive, send)
 
-    async def _metered(self, lane: _Lane, scope, receive, send) -> None:
-        """BentoML's traffic metrics around the timed exchange."""
+    async def _answer(self, lane: _Lane, scope, receive, send) -> None:
+        """BentoML's traffic metrics around the whole exchange, under the request timeout
+        (CancellingTimeout's rules), within the concurrency limit (ConcurrencyLimit's 429)."""
         if lane.stamp is not None:
             lane.stamp.set_to_current_time()
         start = default_timer()
         status = 0
+        started = finished = False
 
-        async def metered_send(message) -> None:
-            nonlocal status
+        async def observed(message) -> None:
+            nonlocal status, started, finished
+            started = True  # set before sending: a send stalled by the client counts as started
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif not message.get("more_body"):
                 lane.record(status, max(default_timer() - start, 0))
             await send(message)
+            finished = message["type"] == "http.response.body" and not message.get("more_body")
 
         lane.in_progress.inc()
         try:
-            await self._timed(lane, scope, receive, metered_send)
-        finally:
-            lane.in_progress.dec()
-
-    async def _timed(self, lane: _Lane, scope, receive, send) -> None:
-        """The whole exchange under the request timeout (CancellingTimeout's rules)."""
-        started = finished = False
-
-        async def timed_send(message) -> None:
-            nonlocal started, finished
-            started = True
-            await send(message)
-            finished = message["type"] == "http.response.body" and not message.get("more_body")
-
-        try:
             async with asyncio.timeout(lane.timeout):
                 if lane.semaphore.locked():
-                    await lane.limit._refuse(scope, timed_send)
+                    await lane.limit._refuse(scope, observed)
                     return
                 async with lane.semaphore:
-                    await self._guarded(lane, scope, receive, timed_send)
+                    await self._guarded(lane, scope, receive, observed)
         except TimeoutError:
             if started:
                 if not finished:
@@ -220,7 +209,9 @@ class FastPredict:
                         lane.timeout,
                     )
                 return
-            await CancellingTimeout(None, lane.timeout)._late(send)
+            await CancellingTimeout(None, lane.timeout)._late(observed)
+        finally:
+            lane.in_progress.dec()
 
     async def _guarded(self, lane: _Lane, scope, receive, send) -> None:
         """The guard's checks, then the answer; a JSON 500 for anything that raises."""
@@ -243,7 +234,8 @@ class FastPredict:
             return
         started = False
         try:
-            status, hdrs, body = await STATE.service.predict_raw(raw, is_csv(scope), rid)
+            ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            status, hdrs, body = await STATE.service.predict_raw(raw, ctype == "text/csv", rid)
             reason = next((v.decode() for k, v in hdrs if k == b"x-nnship-reject"), None)
             if reason is not None:
                 metrics.reject(reason)
