@@ -8,6 +8,8 @@ Effect: the answer's shape only (a client retries after Retry-After, the refusal
 `nnship_requests_rejected_total{reason="concurrency_limited"}` and carries the request id); the
 limit and its cost are BentoML's. BentoML's app factory imports the class by name when it builds the
 app, so `nnship.service.patches.install()` (which calls `install` here) takes effect if run before.
+POST /predict, answered outside the stack by `service/fastlane.py`, holds this layer's own
+semaphore and gets its 429: one limit for every route.
 """
 
 from __future__ import annotations

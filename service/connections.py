@@ -169,3 +169,6 @@ def install(header_timeout_s: float, max_connections: int) -> None:
     BoundedH11Protocol.header_timeout_s = header_timeout_s
     BoundedH11Protocol.max_connections = max_connections
     auto.AutoHTTPProtocol = BoundedH11Protocol
+
+
+PROTOCOL = BoundedH11Protocol  # the HTTP protocol class the service's uvicorn serves with

@@ -22,6 +22,10 @@ would have added.
 
 Not a replacement inside BentoML: it is added with the service's `add_asgi_middleware`, so it sits
 behind BentoML's own middleware and in front of its router (tests/unit/test_patches.py checks it).
+In the default configuration a POST /predict does not get this far: `service/fastlane.py`, outside
+BentoML's stack, does the work of the layers in front of this one and answers it with the same
+service methods; this endpoint answers when that lane stands aside (the access log on, or any
+other layer in front that it does not stand in for).
 """
 
 from __future__ import annotations
@@ -60,10 +64,10 @@ class PredictEndpoint:
         ):
             await self.app(scope, receive, send)
             return
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if raw is None:
             return
-        csv_body = _is_csv(scope)
+        csv_body = is_csv(scope)
         if self.enabled:
             response = await svc.predict_json(raw, csv_body)
         else:
@@ -81,7 +85,7 @@ class PredictEndpoint:
         await response(scope, receive, send)
 
 
-def _is_csv(scope) -> bool:
+def is_csv(scope) -> bool:
     """Whether the body is declared text/csv (the guard in front let only one content type in)."""
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -100,7 +104,7 @@ def _as_json(scope, length: int) -> dict[str, Any]:
     return {**scope, "headers": headers}
 
 
-async def _read_body(receive) -> bytes | None:
+async def read_body(receive) -> bytes | None:
     """The whole body (None: the client left); the guard in front has held it to its size limit."""
     chunks = []
     while True:

@@ -11,7 +11,9 @@ says why it exists and what it measurably changes:
 - `pathlabels.BoundedPathMetrics` for BentoML's RunnerTrafficMetricsMiddleware (bounded `endpoint`
   labels, websockets refused first);
 - `connections.BoundedH11Protocol` for uvicorn's "auto" HTTP protocol (request-head deadline,
-  connection cap, gentle drain).
+  connection cap, gentle drain);
+- `fastlane.FastPredict` wrapped around the middleware stack BentoML's service app builds (POST
+  /predict answered outermost, doing the work of the layers it skips).
 
 This works only because BentoML 1.4 looks these names up late and orders its middleware as it does,
 so pyproject pins the exact BentoML version (BENTOML_VERSION) and tests/unit/test_patches.py builds
@@ -25,7 +27,7 @@ import re
 
 import bentoml
 
-from nnship.service import concurrency, connections, pathlabels, timeouts
+from nnship.service import concurrency, connections, fastlane, pathlabels, timeouts
 from nnship.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ def install(settings: Settings, model_name: str) -> None:
             BENTOML_VERSION,
         )
     timeouts.install()
+    fastlane.install()
     concurrency.install()
     connections.install(settings.header_timeout_s, settings.max_connections)
     pathlabels.install(

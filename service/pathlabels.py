@@ -13,7 +13,8 @@ Effect: the request-metric series stay one per known route plus one `/__other__`
 distinct paths clients send (unbounded before: each scanned path added a counter and a histogram of
 BentoML's buckets to every scrape); the cost is one set lookup per request. Installed by
 `nnship.service.patches.install()`: BentoML's app factory imports the class by name when it builds
-the app.
+the app. POST /predict's series are recorded by `service/fastlane.py` on this layer's own metric
+objects, with the same labels.
 """
 
 from __future__ import annotations

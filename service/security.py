@@ -7,7 +7,8 @@ any method and any spelling of any path (a 404, a redirect, a spelling the route
 passes the whole guard (CORS preflights aside). Paths holding control characters are refused before
 anything else: the router's patterns end in `$`, which also matches before a trailing newline, so
 `/predict%0A` routes to /predict. Websocket handshakes are refused outright: the service has no
-websocket route.
+websocket route. POST /predict is checked by `service/fastlane.py` with this guard's own instance
+and methods, in the same order, outside BentoML's stack.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from nnship.errors import NnshipError
 from nnship.numeric import softmax
 from nnship.service import drift, jobs, lifecycle, looplag, metrics, patches
 from nnship.service.batching import AdaptiveBatcher, Overloaded
-from nnship.service.encoding import Float32JSONResponse
+from nnship.service.encoding import Float32JSONResponse, dumps
 from nnship.service.endpoint import PredictEndpoint
 from nnship.service.oip import STATE, MountRoot, oip_app
 from nnship.service.openapi import OpenAPIDocument
@@ -31,6 +31,7 @@ from nnship.service.settings import SERVE_TOKEN_ENV, Settings
 from nnship.service.validation import RequestError, Validator
 
 log = logging.getLogger(__name__)
+JSON_TYPE = (b"content-type", b"application/json")
 # BentoML's server logging keeps other loggers at WARNING
 logging.getLogger("nnship.service").setLevel(logging.INFO)
 
@@ -272,6 +273,23 @@ class NnshipService:
         parse = self.validator.predict_csv if csv_body else self.validator.predict_body
         return await self.respond(parse, raw)
 
+    async def predict_raw(
+        self, raw: bytes, csv_body: bool, rid: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """/predict for a raw body as `service/fastlane.py` answers it: (status, headers, body),
+        the same answer `predict_json` gives, without a response object in between."""
+        parse = self.validator.predict_csv if csv_body else self.validator.predict_body
+        try:
+            x = parse(raw)
+            flagged, counts = self.validator.out_of_range(x)
+        except RequestError as e:
+            return _parts(self.reject(e, rid))
+        out, refusal = await self.infer_checked(x, rid)
+        if refusal is not None:
+            return _parts(refusal)
+        body = dumps(self.answer(x, out, flagged, counts))
+        return 200, [(b"content-length", b"%d" % len(body)), JSON_TYPE], body
+
     def route_predict_body(self, raw: bytes, csv_body: bool = False) -> JSONResponse | bytes:
         """The refusal /predict gives this body on the fast route, or the JSON body BentoML's route
         is to answer: the body itself for positional rows, those rows in that form for records and
@@ -331,6 +349,11 @@ class NnshipService:
         except jobs.JobFailed as e:
             raise bentoml.exceptions.InvalidArgument(str(e)) from None
         return jobs.result_response(result)  # BentoML's result store cannot take a FileResponse
+
+
+def _parts(response: JSONResponse) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A response's status, headers and body, as its own `__call__` would send them."""
+    return response.status_code, list(response.raw_headers), bytes(response.body)
 
 
 # outermost first: the guard checks every request, then /predict is answered without the router

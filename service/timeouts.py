@@ -13,7 +13,8 @@ the answer went out, or, when the stalled client had not even taken the status l
 to send it a 500 until the client leaves (outside the app: no slot, no request task).
 
 Installed by `nnship.service.patches.install()`: BentoML's base app factory imports
-TimeoutMiddleware by name each time it builds the app.
+TimeoutMiddleware by name each time it builds the app. POST /predict, answered outside the stack by
+`service/fastlane.py`, gets the same deadline and 504 from that lane (it reads this layer's timeout).
 """
 
 from __future__ import annotations

@@ -122,3 +122,50 @@ def test_batch_coupling_found_inside_subgraphs():
         helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "g", [x], [out])
     )
     assert batch_coupled_ops(plain.SerializeToString()) == []
+
+
+class WhereModel:
+    """A model that records which thread ran each call and how many rows it got."""
+
+    def __init__(self, delay=0.0):
+        self.delay, self.threads, self.rows = delay, [], []
+
+    def __call__(self, x):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        self.rows.append(len(x))
+        time.sleep(self.delay)
+        return x + 1
+
+
+def test_a_fast_model_runs_on_the_loop_once_timed_and_still_batches():
+    model = WhereModel()
+    batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=50)
+    xs = [np.full((1, 3), i, np.float32) for i in range(8)]
+
+    async def main():
+        first = await batcher(xs[0])  # not timed yet: in the inference thread
+        crowd = await asyncio.gather(*(batcher(x) for x in xs))  # timed fast: on the loop
+        return [first, *crowd]
+
+    outs = asyncio.run(main())
+    for x, out in zip([xs[0], *xs], outs, strict=True):
+        np.testing.assert_array_equal(out, x + 1)
+    assert model.threads[0].startswith("nnship-infer")
+    assert model.threads[1:] == ["MainThread"]  # one call for the eight requests
+    assert model.rows == [1, 8]
+
+
+def test_a_slow_model_never_runs_on_the_event_loop():
+    model = WhereModel(delay=0.005)
+    batcher = AdaptiveBatcher(model, max_batch_size=16, max_latency_ms=10_000, inline_max_ms=1)
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        for _ in range(3):
+            await batcher(x)
+
+    asyncio.run(main())
+    assert len(model.threads) == 3
+    assert all(t.startswith("nnship-infer") for t in model.threads)

@@ -1,6 +1,6 @@
 """The serving benchmark's report: bars judged from the figures, profile stacks bucketed."""
 
-from nnship.loadtests.benchmark import CONCURRENCY, render, summarize_profile
+from nnship.loadtests.benchmark import CONCURRENCY, WIDE, render, summarize_profile
 
 
 def cell(rps, p50=1.0, errors=0, cpu=500.0):
@@ -13,22 +13,28 @@ def cell(rps, p50=1.0, errors=0, cpu=500.0):
     }
 
 
-def results(digits_ratio, heavy_ratio, p50_gap=0.5, errors=0, shed=0):
+def results(digits_ratio, heavy_ratio, p50_gap=0.2, errors=0, shed=0):
     def server(rps, p50=1.0, errs=0):
         return {c: cell(rps, p50, errs) for c in CONCURRENCY}
 
+    profile = {"clients": 16, "cpu_us_per_request": 200.0, "shares": [["nnship guard", 0.25]]}
     d = {
         "nnship": {
             **server(1000 * digits_ratio, 1.0 + p50_gap, errors),
             "shed": shed,
             "mean_batch": 9.0,
+            "profile": profile,
         },
         "nnship-bentoml-route": server(500),
-        "naive": server(1000),
+        "bare": {**server(1000), "profile": profile},
+        "naive": server(900),
         "echo": server(3000),
+        "nnship (2 workers)": {WIDE: cell(1500 * digits_ratio)},
+        "bare (2 workers)": {WIDE: cell(1200)},
     }
     h = {
         "nnship": {**server(100 * heavy_ratio), "shed": 0, "mean_batch": 20.0},
+        "bare": server(100),
         "naive": server(100),
         "echo": server(3000),
     }
@@ -46,19 +52,20 @@ def bars(text):
 
 
 def test_bars_follow_the_figures():
-    text, ok = render(results(0.8, 3.0), 10)
+    text, ok = render(results(1.0, 6.0), 10)
     assert ok and set(bars(text).values()) == {"pass"}
     assert "| digits-cnn | nnship-bentoml-route | 64 | 500 |" in text
-    text, ok = render(results(0.49, 3.0), 10)
-    assert (
-        not ok and bars(text)["digits-cnn, 64 clients: nnship >= 0.5x naive throughput"] == "FAIL"
-    )
-    text, ok = render(results(0.8, 1.9), 10)
-    assert not ok and "1.90x" in text
-    text, ok = render(results(0.8, 3.0, p50_gap=1.6), 10)
+    assert "| digits-cnn | bare (2 workers) | 64 | 1,200 |" in text
+    assert "digits-cnn nnship: 1,000 -> 1,500 req/s (1.50x)" in text
+    assert "| nnship guard | 25.0% | 50 |" in text  # share of 200 µs a request
+    text, ok = render(results(0.99, 6.0), 10)
+    assert not ok and bars(text)["digits-cnn, 64 clients: nnship >= 1.0x bare throughput"] == "FAIL"
+    text, ok = render(results(1.0, 5.9), 10)
+    assert not ok and "5.90x" in text
+    text, ok = render(results(1.0, 6.0, p50_gap=0.31), 10)
     assert not ok
-    assert not render(results(0.8, 3.0, errors=1), 10)[1]
-    assert not render(results(0.8, 3.0, shed=3), 10)[1]
+    assert not render(results(1.0, 6.0, errors=1), 10)[1]
+    assert not render(results(1.0, 6.0, shed=3), 10)[1]
 
 
 def test_profile_buckets_take_the_innermost_match():
@@ -72,6 +79,6 @@ def test_profile_buckets_take_the_innermost_match():
     )
     shares = dict(summarize_profile(raw))
     assert shares["ONNX Runtime inference"] == 0.3
-    assert shares["BentoML / Starlette / OpenTelemetry middleware"] == 0.1
+    assert shares["nnship guard"] == 0.1
     assert shares["nnship validation"] == 0.2
     assert shares["idle / other"] == 0.4

@@ -12,10 +12,12 @@ import pytest
 
 # built in a fresh interpreter: the service module reads its settings once, at import
 BUILD = """
+import asyncio
 import json
 import uvicorn
 from _bentoml_impl.loader import load
-from nnship.service import patches, service
+from nnship.service import fastlane, patches, service
+from nnship.service.oip import STATE
 
 
 def stack(app):
@@ -36,7 +38,40 @@ config.load()
 protocol = config.http_protocol_class
 routes = [getattr(r, "path", "") for r in app.router.routes]
 patches.install(service.SETTINGS, "irisnet")  # a second call changes nothing
+top = app.build_middleware_stack()  # BentoML's metrics register once per process: one stack
+lane = fastlane.find_lane(top.app)
+
+
+class Broken:  # a service whose /predict raises what nothing expects
+    async def predict_raw(self, raw, csv_body, rid):
+        raise RuntimeError("unexpected")
+
+
+async def drive(top):
+    sent, body = [], b'{"inputs": [[1, 2, 3, 4]]}'
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+               (b"x-request-id", b"req-1")]
+    scope = {"type": "http", "method": "POST", "path": "/predict", "raw_path": b"/predict",
+             "headers": headers, "client": ("127.0.0.1", 1), "query_string": b""}
+    await top(scope, receive, send)
+    return sent
+
+
+STATE.service = Broken()
+sent = asyncio.run(drive(top))
+STATE.service = None
 print(json.dumps({
+    "broken": [sent[0]["status"], dict((k.decode(), v.decode()) for k, v in sent[0]["headers"]),
+               json.loads(sent[1]["body"])],
+    "lane": None if lane is None else [lane.timeout, lane.semaphore._value, lane.labels["endpoint"]],
     "first": stack(app),
     "again": stack(svc.to_asgi(is_main=True)),
     "protocol": f"{protocol.__module__}.{protocol.__qualname__}",
@@ -45,6 +80,8 @@ print(json.dumps({
 """
 
 EXPECTED = [
+    # POST /predict answered outermost, doing the work of the layers below for it
+    "nnship.service.fastlane.FastPredict",
     "starlette.middleware.errors.ServerErrorMiddleware",
     # BentoML's request metrics, outermost: bounded path labels, websockets refused first
     "nnship.service.pathlabels.install.<locals>.BoundedPathMetrics",
@@ -86,6 +123,21 @@ def test_middleware_stack_in_order_with_each_replacement(built):
     assert built["first"] == EXPECTED
 
 
+def test_the_predict_lane_stands_in_for_the_stack_with_its_own_limits(built):
+    """The lane found every layer it does the work of, with the service's timeout and limit."""
+    from nnship.service.settings import Settings
+
+    defaults = Settings()
+    assert built["lane"] == [defaults.timeout_s, defaults.max_concurrency, "/predict"]
+
+
+def test_an_unexpected_failure_on_the_lane_is_the_guards_json_500(built):
+    status, headers, body = built["broken"]
+    assert status == 500
+    assert headers["x-request-id"] == "req-1"
+    assert body == {"error": "internal error", "request_id": "req-1"}
+
+
 def test_installing_twice_changes_nothing(built):
     assert built["again"] == EXPECTED
 
@@ -97,3 +149,23 @@ def test_uvicorn_uses_the_bounded_h11_protocol(built):
 def test_bentoml_keeps_its_own_predict_route_behind_the_endpoint(built):
     """NNSHIP_PREDICT_ROUTE=bentoml, CORS and tracing fall back to it."""
     assert "/predict" in built["routes"]
+
+
+def test_the_predict_lane_stands_aside_for_a_layer_it_does_not_know():
+    """A layer in front of the endpoint that the lane does not do the work of (an access log, CORS,
+    anything added later) puts /predict back through BentoML's stack."""
+    from starlette.middleware.errors import ServerErrorMiddleware
+
+    from nnship.service.endpoint import PredictEndpoint
+    from nnship.service.fastlane import find_lane
+
+    class AccessLog:
+        def __init__(self, app):
+            self.app = app
+
+    async def router(scope, receive, send):
+        pass
+
+    assert find_lane(ServerErrorMiddleware(AccessLog(PredictEndpoint(router)))) is None
+    # and without the layers it stands in for (metrics, timeout, limit, guard) it stands aside too
+    assert find_lane(ServerErrorMiddleware(PredictEndpoint(router))) is None
