@@ -10,7 +10,8 @@ quantization with one activation scale per input tensor) the queued requests sti
 thread together, but each runs as its own inference call, so an answer is the one the request would
 get alone.
 
-When the model's latest batch took under `inline_max_ms`, the consumer runs the next batch itself,
+When the next batch should take under `inline_max_ms` (the latest call's time, scaled up when the
+batch holds more rows than that call did), the consumer runs the batch itself,
 on the event loop, instead of handing it to the inference thread: for a small model the hand-off
 (the executor's queue and thread switch, `call_soon_threadsafe` waking the loop through its pipe)
 costs more than the inference. Requests still batch: the consumer runs after the request tasks
@@ -66,7 +67,8 @@ class AdaptiveBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnship-infer")
         self.inline_max = inline_max_ms / 1000
-        self._recent = float("inf")  # seconds the latest batch took (inf: none timed yet)
+        self._recent = float("inf")  # seconds the latest inference call took (inf: none timed yet)
+        self._recent_rows = 1  # the rows of that call
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -112,7 +114,7 @@ class AdaptiveBatcher:
                 for group in by_shape.values():
                     work = self._joined if self.concatenate else self._each
                     try:
-                        if self._recent < self.inline_max:  # a fast model: no hand-off
+                        if self._expected(group) < self.inline_max:  # fast: no hand-off
                             outs = work(group)
                         else:
                             outs = await loop.run_in_executor(self._executor, work, group)
@@ -126,11 +128,20 @@ class AdaptiveBatcher:
                         else:
                             j.future.set_result(out)
 
+    def _expected(self, group: list[_Job]) -> float:
+        """Seconds the group's inference should take, from the latest call: scaled up by rows when
+        the group holds more (so a large batch after small ones is not run on the loop), never
+        down (a call's fixed cost does not shrink with its rows); one call per request unjoined."""
+        rows = sum(len(j.x) for j in group)
+        calls = 1 if self.concatenate else len(group)
+        per_call_rows = rows / calls
+        return calls * self._recent * max(1.0, per_call_rows / self._recent_rows)
+
     def _timed(self, x: np.ndarray) -> np.ndarray:
-        """One inference, its duration kept to decide where the next batch runs."""
+        """One inference, its duration and rows kept to decide where the next batch runs."""
         t = time.perf_counter()
         out = self.infer(x)
-        self._recent = time.perf_counter() - t
+        self._recent, self._recent_rows = time.perf_counter() - t, max(1, len(x))
         return out
 
     def _joined(self, group: list[_Job]) -> list[np.ndarray | Exception]:

@@ -45,7 +45,7 @@ from typing import Any
 
 from starlette.middleware.errors import ServerErrorMiddleware
 
-from nnship.service import metrics
+from nnship.service import metrics, oip
 from nnship.service.concurrency import ConcurrencyLimit
 from nnship.service.endpoint import PredictEndpoint, read_body
 from nnship.service.jobs import JobRoutes
@@ -76,41 +76,42 @@ def _passes_predict(layer: Any) -> bool:
 class _Lane:
     """The stack's objects the lane works with, found once in the built stack."""
 
-    def __init__(self, traffic: Any, timeout: float, limit: ConcurrencyLimit, guard: Guard) -> None:
+    def __init__(
+        self, traffic: Any, timeout: float, limit: ConcurrencyLimit, guard: Guard, infer: str | None
+    ) -> None:
         from bentoml._internal.context import server_context
 
         if not traffic._is_setup:
             traffic._setup()
         self.timeout, self.limit, self.guard = timeout, limit, guard
         self.semaphore = limit._semaphore
-        labels = {
-            "endpoint": "/predict",
+        self.infer = infer  # the v2 infer path the lane answers too (None: the stack answers it)
+        self.base = {
             "service_name": server_context.bento_name,
             "service_version": server_context.bento_version,
             "runner_name": server_context.service_name,
         }
-        self.labels = labels
         self.traffic = traffic
-        self.in_progress = traffic.metrics_request_in_progress.labels(**labels)
         self.stamp = None
         if not "/predict".startswith(tuple(traffic.skip_paths)):
-            self.stamp = traffic.metrics_last_request_timestamp.labels(
-                service_name=labels["service_name"],
-                service_version=labels["service_version"],
-                runner_name=labels["runner_name"],
-            )
-        self._by_status: dict[int, tuple[Any, Any]] = {}
+            self.stamp = traffic.metrics_last_request_timestamp.labels(**self.base)
+        self.in_progress = {
+            path: traffic.metrics_request_in_progress.labels(endpoint=path, **self.base)
+            for path in ("/predict", infer)
+            if path is not None
+        }
+        self._by_status: dict[tuple[str, int], tuple[Any, Any]] = {}
 
-    def record(self, status: int, seconds: float) -> None:
+    def record(self, path: str, status: int, seconds: float) -> None:
         """BentoML's request counter and duration for one finished answer."""
-        children = self._by_status.get(status)
+        children = self._by_status.get((path, status))
         if children is None:
-            labels = {**self.labels, "http_response_code": status}
+            labels = {"endpoint": path, **self.base, "http_response_code": status}
             children = (
                 self.traffic.metrics_request_total.labels(**labels),
                 self.traffic.metrics_request_duration.labels(**labels),
             )
-            self._by_status[status] = children
+            self._by_status[(path, status)] = children
         children[0].inc()
         children[1].observe(seconds)
 
@@ -146,7 +147,32 @@ def find_lane(app: Any) -> _Lane | None:
         return None
     if "/predict" in limit.skip_paths:
         return None
-    return _Lane(traffic, timeout, limit, guard)
+    infer = _infer_path(layer, limit, traffic)
+    return _Lane(traffic, timeout, limit, guard, infer)
+
+
+# between the /predict endpoint and the router, the layers that leave a v2 inference untouched
+PASSES_INFER = ("OpenAPIDocument", "MountRoot", "ServeToken", "ContextMiddleware")
+
+
+def _infer_path(endpoint: PredictEndpoint, limit: ConcurrencyLimit, traffic: Any) -> str | None:
+    """The served model's unversioned v2 infer path when nothing behind the /predict endpoint but
+    the router and layers that pass it on would see that request, else None."""
+    svc = STATE.service
+    if svc is None:
+        return None
+    path = f"{oip.MOUNT}/models/{svc.model}/infer"
+    if path in limit.skip_paths or path.startswith(tuple(traffic.skip_paths)):
+        return None
+    layer = endpoint.app
+    while type(layer).__name__ in PASSES_INFER:
+        layer = getattr(layer, "app", None)
+    if type(layer).__name__ == "ExceptionMiddleware":
+        layer = layer.app
+    if type(layer).__name__ != "Router":
+        return None
+    mounted = any(getattr(r, "path", None) == oip.MOUNT for r in layer.routes)
+    return path if mounted else None
 
 
 class FastPredict:
@@ -158,22 +184,18 @@ class FastPredict:
         self.checked = False
 
     async def __call__(self, scope, receive, send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != "/predict"
-            or scope["method"] != "POST"
-            or STATE.service is None
-        ):
+        if scope["type"] != "http" or scope["method"] != "POST" or STATE.service is None:
             await self.app(scope, receive, send)
             return
         if not self.checked:
             self.lane, self.checked = find_lane(self.app), True
-        if self.lane is None:
+        lane, path = self.lane, scope["path"]
+        if lane is None or (path != "/predict" and path != lane.infer):
             await self.app(scope, receive, send)
             return
-        await self._answer(self.lane, scope, receive, send)
+        await self._answer(lane, path, scope, receive, send)
 
-    async def _answer(self, lane: _Lane, scope, receive, send) -> None:
+    async def _answer(self, lane: _Lane, path: str, scope, receive, send) -> None:
         """BentoML's traffic metrics around the whole exchange, under the request timeout
         (CancellingTimeout's rules), within the concurrency limit (ConcurrencyLimit's 429)."""
         if lane.stamp is not None:
@@ -188,32 +210,33 @@ class FastPredict:
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif not message.get("more_body"):
-                lane.record(status, max(default_timer() - start, 0))
+                lane.record(path, status, max(default_timer() - start, 0))
             await send(message)
             finished = message["type"] == "http.response.body" and not message.get("more_body")
 
-        lane.in_progress.inc()
+        in_progress = lane.in_progress[path]
+        in_progress.inc()
         try:
             async with asyncio.timeout(lane.timeout):
                 if lane.semaphore.locked():
                     await lane.limit._refuse(scope, observed)
                     return
                 async with lane.semaphore:
-                    await self._guarded(lane, scope, receive, observed)
+                    await self._guarded(lane, path, scope, receive, observed)
         except TimeoutError:
             if started:
                 if not finished:
                     log.warning(
-                        "POST '/predict': answer not taken within %s s; request dropped, its "
-                        "slot freed",
+                        "POST %r: answer not taken within %s s; request dropped, its slot freed",
+                        path,
                         lane.timeout,
                     )
                 return
             await CancellingTimeout(None, lane.timeout)._late(observed)
         finally:
-            lane.in_progress.dec()
+            in_progress.dec()
 
-    async def _guarded(self, lane: _Lane, scope, receive, send) -> None:
+    async def _guarded(self, lane: _Lane, path: str, scope, receive, send) -> None:
         """The guard's checks, then the answer; a JSON 500 for anything that raises."""
         guard = lane.guard
         headers, repeated = read_headers(scope["headers"])
@@ -222,20 +245,25 @@ class FastPredict:
         refusal = check_path(scope) or check_repeated(repeated)
         if refusal is None:
             addr = (scope.get("client") or ("-",))[0]
-            refusal = guard.admit(addr, headers, with_body, "/predict")
+            refusal = guard.admit(addr, headers, with_body, path)
         if refusal is not None:
             await guard._reply(send, refusal, rid)
             return
         if with_body:
-            raw = await guard._read_body(receive, send, rid, guard.body_limit("/predict"))
+            raw = await guard._read_body(receive, send, rid, guard.body_limit(path))
         else:
             raw = await read_body(receive)
         if raw is None:
             return
         started = False
         try:
-            ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            status, hdrs, body = await STATE.service.predict_raw(raw, ctype == "text/csv", rid)
+            svc = STATE.service
+            if path == "/predict":
+                ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+                status, hdrs, body = await svc.predict_raw(raw, ctype == "text/csv", rid)
+            else:
+                answer = await oip.infer_raw(svc, raw, headers.get(oip.HEADER_LENGTH), rid)
+                status, hdrs, body = answer.status_code, list(answer.raw_headers), answer.body
             reason = next((v.decode() for k, v in hdrs if k == b"x-nnship-reject"), None)
             if reason is not None:
                 metrics.reject(reason)
@@ -246,7 +274,7 @@ class FastPredict:
             await send({"type": "http.response.start", "status": status, "headers": hdrs})
             await send({"type": "http.response.body", "body": body})
         except Exception:
-            log.exception("request POST /predict failed (request id %s)", rid)
+            log.exception("request POST %s failed (request id %s)", path, rid)
             if not started:
                 await _internal_error(send, rid)
 

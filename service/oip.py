@@ -251,12 +251,16 @@ async def infer(request: Request) -> Response:
     svc, err = _service_or_error(request)
     if err:
         return err
-    rid = REQUEST_ID.get()
     raw = await request.body()
+    return await infer_raw(svc, raw, request.headers.get(HEADER_LENGTH), REQUEST_ID.get())
+
+
+async def infer_raw(svc: Any, raw: bytes, header_length: str | None, rid: str) -> Response:
+    """A v2 inference answer for a raw body (JSON, or the binary extension's JSON header of
+    `header_length` bytes followed by tensor data): the route's work once the model and version are
+    known, also what `service/fastlane.py` calls for the unversioned infer path."""
     try:
-        body, binary = svc.validator.v2_body(
-            raw, request.headers.get(HEADER_LENGTH), parse_constant=_reject_constant
-        )
+        body, binary = svc.validator.v2_body(raw, header_length, parse_constant=_reject_constant)
         x, wanted = svc.validator.v2_inputs(body, binary)
         flagged, counts = svc.validator.out_of_range(x)
     except RequestError as e:

@@ -256,47 +256,59 @@ def test_metrics_families_move_and_stay_bounded(server):
     assert grown - series < 30, (series, grown)
 
 
-def test_predict_request_metrics_are_the_series_bentoml_records(server):
-    """/predict is answered outside BentoML's middleware: its request counter, duration histogram
-    and in-progress gauge move as BentoML's own middleware moves them for other routes. (Before the
-    module's other servers start: they share the BentoML home, and a starting server empties its
-    metrics folder.)"""
+@pytest.mark.parametrize(
+    "endpoint",
+    ["/predict", "/v2/models/iris-served/infer", "/v2/models/iris-served/versions/V/infer"],
+)
+def test_inference_request_metrics_are_the_series_bentoml_records(server, iris_package, endpoint):
+    """/predict and the unversioned v2 infer path are answered outside BentoML's middleware: their
+    request counter, duration histogram and in-progress gauge move as BentoML's own middleware moves
+    them for the routes it answers (the versioned infer path, and /readyz). (Before the module's
+    other servers start: they share the BentoML home, and a starting server empties its metrics
+    folder.)"""
     url, _ = server
+    path = endpoint.replace("/V/", f"/{iris_package['version']}/")
+    label = "/__other__" if "/versions/" in path else path  # version strings are not labels
+    if path == "/predict":
+        good, bad = {"inputs": [ROW]}, {"inputs": [ROW], "extra": 1}
+    else:
+        tensor = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": ROW}
+        good, bad = {"inputs": [tensor]}, {"inputs": [{**tensor, "shape": [1, 5]}]}
 
-    def predict_series(fams, family, suffix, code):
+    def series(fams, family, suffix, code):
         return [
             s
             for s in fams[family].samples
             if s.name.endswith(suffix)
-            and s.labels.get("endpoint") == "/predict"
+            and s.labels.get("endpoint") == label
             and s.labels.get("http_response_code") == code
         ]
 
     before = metrics(url)
-    assert post(url, {"inputs": [ROW]}).status_code == 200
-    assert post(url, {"inputs": [ROW], "extra": 1}).status_code == 400
+    assert httpx.post(f"{url}{path}", json=good, timeout=30).status_code == 200
+    assert httpx.post(f"{url}{path}", json=bad, timeout=30).status_code == 400
     after = metrics(url)
     for code in ("200", "400"):
-        total = predict_series(after, "bentoml_service_request", "_total", code)
+        total = series(after, "bentoml_service_request", "_total", code)
         assert len(total) == 1
-        was = predict_series(before, "bentoml_service_request", "_total", code)
+        was = series(before, "bentoml_service_request", "_total", code)
         assert total[0].value - (was[0].value if was else 0) == 1
-        count = predict_series(after, "bentoml_service_request_duration_seconds", "_count", code)
-        was = predict_series(before, "bentoml_service_request_duration_seconds", "_count", code)
+        count = series(after, "bentoml_service_request_duration_seconds", "_count", code)
+        was = series(before, "bentoml_service_request_duration_seconds", "_count", code)
         assert count[0].value - (was[0].value if was else 0) == 1
-    # the same label names as the series BentoML's middleware records for /readyz
+    # the same label names and values as the series BentoML's middleware records for /readyz
     ready = next(
         s for s in after["bentoml_service_request"].samples if s.labels.get("endpoint") == "/readyz"
     )
-    predicted = predict_series(after, "bentoml_service_request", "_total", "200")[0]
-    assert set(predicted.labels) == set(ready.labels)
-    assert {k: v for k, v in predicted.labels.items() if k not in ("endpoint",)} == {
+    answered = series(after, "bentoml_service_request", "_total", "200")[0]
+    assert set(answered.labels) == set(ready.labels)
+    assert {k: v for k, v in answered.labels.items() if k not in ("endpoint",)} == {
         k: v for k, v in ready.labels.items() if k not in ("endpoint",)
     }
     in_progress = [
         s
         for s in after["bentoml_service_request_in_progress"].samples
-        if s.labels.get("endpoint") == "/predict"
+        if s.labels.get("endpoint") == label
     ]
     assert [s.value for s in in_progress] == [0.0]
 

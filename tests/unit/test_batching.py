@@ -169,3 +169,27 @@ def test_a_slow_model_never_runs_on_the_event_loop():
     asyncio.run(main())
     assert len(model.threads) == 3
     assert all(t.startswith("nnship-infer") for t in model.threads)
+
+
+class PerRowModel(WhereModel):
+    """Takes `delay` seconds a row."""
+
+    def __call__(self, x):
+        self.delay = 0.0004 * len(x)
+        return super().__call__(x)
+
+
+def test_a_batch_larger_than_the_timed_one_is_not_run_on_the_loop():
+    """0.4 ms a row under a 2 ms limit: one row runs on the loop once timed, sixteen (6.4 ms
+    expected from the last call scaled by rows) go to the inference thread."""
+    model = PerRowModel()
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_latency_ms=10_000, inline_max_ms=2)
+
+    async def main():
+        await batcher(np.ones((1, 3), np.float32))  # not timed yet: the thread
+        await batcher(np.ones((1, 3), np.float32))  # 0.4 ms: the loop
+        await batcher(np.ones((16, 3), np.float32))  # 16 x 0.4 ms expected: the thread
+
+    asyncio.run(main())
+    assert model.rows == [1, 1, 16]
+    assert [t.startswith("nnship-infer") for t in model.threads] == [True, False, True]

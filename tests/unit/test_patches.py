@@ -71,7 +71,7 @@ STATE.service = None
 print(json.dumps({
     "broken": [sent[0]["status"], dict((k.decode(), v.decode()) for k, v in sent[0]["headers"]),
                json.loads(sent[1]["body"])],
-    "lane": None if lane is None else [lane.timeout, lane.semaphore._value, lane.labels["endpoint"]],
+    "lane": None if lane is None else [lane.timeout, lane.semaphore._value, sorted(lane.in_progress)],
     "first": stack(app),
     "again": stack(svc.to_asgi(is_main=True)),
     "protocol": f"{protocol.__module__}.{protocol.__qualname__}",
@@ -128,7 +128,8 @@ def test_the_predict_lane_stands_in_for_the_stack_with_its_own_limits(built):
     from nnship.service.settings import Settings
 
     defaults = Settings()
-    assert built["lane"] == [defaults.timeout_s, defaults.max_concurrency, "/predict"]
+    # no model is loaded here: the v2 infer path is added once the service is
+    assert built["lane"] == [defaults.timeout_s, defaults.max_concurrency, ["/predict"]]
 
 
 def test_an_unexpected_failure_on_the_lane_is_the_guards_json_500(built):
