@@ -1,12 +1,13 @@
-"""POST /predict answered by one ASGI layer outside BentoML's middleware stack, doing that stack's
-work for it in one place.
+"""POST /predict, and POST /v2/models/{model}/infer of the served model, answered by one ASGI layer
+outside BentoML's middleware stack, doing that stack's work for them in one place.
 
 A /predict through the stack BentoML builds passes eight layers (Starlette's error handler, the
 traffic metrics, a path restorer, OpenTelemetry, the timeout, the concurrency limit, the guard, the
-endpoint), each an `await` with its own send wrapper, scope copy or label lookup. py-spy on the
-digits CNN at 16 clients put 13% of the worker's samples in those layers and another 5% in metric
-label lookups. This layer, installed outermost by `nnship.service.patches.install()`, answers POST
-/predict itself with the very objects those layers hold, in their order:
+endpoint), each an `await` with its own send wrapper, scope copy or label lookup; a v2 inference
+passes those and the router, the mount and the v2 app's own middleware. py-spy on the digits CNN
+at 16 clients put 13% of the worker's samples in those layers and another 5% in metric label
+lookups. This layer, installed outermost by `nnship.service.patches.install()`, answers both
+itself with the very objects those layers hold, in their order:
 
 - BentoML's traffic metrics: the same series and labels (`endpoint="/predict"`, service name and
   version, response code, runner name), the in-progress gauge and the last-request timestamp, with
@@ -16,7 +17,9 @@ label lookups. This layer, installed outermost by `nnship.service.patches.instal
 - the guard (`security.Guard`'s own checks: path, repeated headers, request id, API key and
   auth-failure limit, rate limit, content type, body limit while reading, rejection counting,
   the request id on every answer, a JSON 500 for anything that raises);
-- the endpoint (`PredictEndpoint`'s parsing, validation, batching and answer).
+- the endpoint (`PredictEndpoint`'s parsing, validation, batching and answer; for v2, the v2 app's
+  `oip.infer_raw`). The versioned v2 infer path, which BentoML's metrics label `/__other__`, is left
+  to the stack.
 
 OpenTelemetry is skipped: the lane runs only while tracing is off, when that layer passes every
 request on untouched. The lane checks the stack it wraps when it first answers: unless every layer
@@ -62,6 +65,7 @@ from nnship.service.timeouts import CancellingTimeout
 
 log = logging.getLogger(__name__)
 JSON = (b"content-type", b"application/json")
+INFER_HEADER_LENGTH = oip.HEADER_LENGTH.encode()
 
 
 def _passes_predict(layer: Any) -> bool:
@@ -262,7 +266,7 @@ class FastPredict:
                 ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
                 status, hdrs, body = await svc.predict_raw(raw, ctype == "text/csv", rid)
             else:
-                answer = await oip.infer_raw(svc, raw, headers.get(oip.HEADER_LENGTH), rid)
+                answer = await oip.infer_raw(svc, raw, _header_length(scope), rid)
                 status, hdrs, body = answer.status_code, list(answer.raw_headers), answer.body
             reason = next((v.decode() for k, v in hdrs if k == b"x-nnship-reject"), None)
             if reason is not None:
@@ -277,6 +281,14 @@ class FastPredict:
             log.exception("request POST %s failed (request id %s)", path, rid)
             if not started:
                 await _internal_error(send, rid)
+
+
+def _header_length(scope) -> str | None:
+    """The binary extension's Inference-Header-Content-Length (the first, as Starlette reads it)."""
+    for name, value in scope["headers"]:
+        if name == INFER_HEADER_LENGTH:
+            return value.decode("latin-1")
+    return None
 
 
 async def _internal_error(send: Callable, rid: str) -> None:

@@ -43,6 +43,8 @@ lane = fastlane.find_lane(top.app)
 
 
 class Broken:  # a service whose /predict raises what nothing expects
+    model = "irisnet"
+
     async def predict_raw(self, raw, csv_body, rid):
         raise RuntimeError("unexpected")
 
@@ -72,6 +74,7 @@ print(json.dumps({
     "broken": [sent[0]["status"], dict((k.decode(), v.decode()) for k, v in sent[0]["headers"]),
                json.loads(sent[1]["body"])],
     "lane": None if lane is None else [lane.timeout, lane.semaphore._value, sorted(lane.in_progress)],
+    "served": None if top.lane is None else sorted(top.lane.in_progress),
     "first": stack(app),
     "again": stack(svc.to_asgi(is_main=True)),
     "protocol": f"{protocol.__module__}.{protocol.__qualname__}",
@@ -130,6 +133,10 @@ def test_the_predict_lane_stands_in_for_the_stack_with_its_own_limits(built):
     defaults = Settings()
     # no model is loaded here: the v2 infer path is added once the service is
     assert built["lane"] == [defaults.timeout_s, defaults.max_concurrency, ["/predict"]]
+
+
+def test_once_a_model_is_served_the_lane_answers_its_v2_infer_path_too(built):
+    assert built["served"] == ["/predict", "/v2/models/irisnet/infer"]
 
 
 def test_an_unexpected_failure_on_the_lane_is_the_guards_json_500(built):
