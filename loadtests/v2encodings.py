@@ -216,9 +216,9 @@ def profile(server_pid: int, target: str, script: Path, work: Path) -> dict[str,
     return {k: v / total for k, v in counts.items()} if total else {}
 
 
-def prepare_models(home: Path) -> dict[str, np.ndarray]:
-    """The iris model and the serving benchmark's digits models in the store at `home`, each with
-    ROWS rows of its data set."""
+def prepare_models(home: Path, digits_stored: bool = False) -> dict[str, np.ndarray]:
+    """The iris model and the serving benchmark's digits models in the store at `home` (the digits
+    ones trained here unless `digits_stored`), each with ROWS rows of its data set."""
     from nnship.export.package import ExportOptions, export_run
     from nnship.loadtests import benchmark
     from nnship.training.data import load_dataset
@@ -229,7 +229,8 @@ def prepare_models(home: Path) -> dict[str, np.ndarray]:
     export_run(
         ExportOptions(str(home / "runs" / "iris"), name="iris", variants=("fp32",), max_batch=256)
     )
-    benchmark.prepare_models(home)
+    if not digits_stored:
+        benchmark.prepare_models(home)
     digits = load_dataset("digits").x
     return {
         "iris": np.resize(load_dataset("iris").x, (ROWS, 4)).astype(np.float32),
@@ -238,9 +239,10 @@ def prepare_models(home: Path) -> dict[str, np.ndarray]:
     }
 
 
-def run(home: Path) -> dict[str, Any]:
-    """Train and export the models into `home`, serve each and measure."""
-    models = prepare_models(home)
+def run(home: Path, digits_stored: bool = False) -> dict[str, Any]:
+    """Train and export the models into `home` (the serving benchmark's digits models already
+    there when `digits_stored`), serve each and measure."""
+    models = prepare_models(home, digits_stored)
     results: dict[str, Any] = {}
     cmd = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
     for model, x in models.items():
