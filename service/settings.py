@@ -189,11 +189,12 @@ class Settings(BaseSettings):
     )
     predict_route: Literal["asgi", "bentoml"] = Field(
         "asgi",
-        description="`asgi`: `POST /predict` is answered by nnship's ASGI endpoint behind BentoML's "
-        "metrics, concurrency limit, timeout and nnship's guard, skipping BentoML's router and "
-        "per-API layer (20–40% less CPU per request, see the serving report); `bentoml`: through "
-        "BentoML's API layer, which is also what answers whenever BentoML's CORS or "
-        "`NNSHIP_TRACING` is on. Bad bodies get the same answer either way",
+        description="`asgi`: `POST /predict` (and the served model's v2 infer) is answered by "
+        "nnship's outermost layer, which does the guard's checks, the concurrency limit, the "
+        "timeout and BentoML's request metrics itself, skipping BentoML's middleware, router and "
+        "per-API layer (about half the CPU per request, see the serving report); `bentoml`: "
+        "through BentoML's stack and API layer, which is also what answers whenever BentoML's "
+        "CORS, its access log or `NNSHIP_TRACING` is on. Bad bodies get the same answer either way",
     )
 
     jobs_dir: str = Field(
