@@ -53,7 +53,7 @@ quality: setup  ## retrain the quality-bar models over 3 seeds -> reports/traini
 export-bench: setup  ## variants vs PyTorch eager -> reports/export-benchmark.md
 	$(BIN)/python -m nnship.export.benchmark
 
-serve-bench: setup  ## service vs naive vs echo under wrk -> reports/serving-benchmark.md
+serve-bench: setup  ## service vs bare, naive and echo apps under wrk, v2 JSON vs binary -> reports/serving-benchmark.md (needs wrk)
 	$(BIN)/python -m nnship.loadtests.benchmark
 
 batch-bench: setup  ## nnship predict vs in-process ONNX Runtime, rows/s and peak RSS -> reports/batch-benchmark.md
