@@ -263,46 +263,20 @@ def bench_model(
     results: dict[str, dict] = {}
     service = [sys.executable, "-m", "bentoml", "serve", "nnship.service.service:NnshipService"]
     service_env = {"NNSHIP_MODEL": f"{model}:latest", "NNSHIP_WORKERS": "1"}
+    baseline = [sys.executable, "-m", "nnship.loadtests.baseline"]
+    model_args = [f"{model}:latest", "--port", "{port}", "--threads", threads]
     servers = {
         "nnship": ([*service, "--port", "{port}"], service_env, "/readyz"),
-        # the same service with /predict through BentoML's API layer: what the ASGI endpoint saves
+        # the same service with /predict through BentoML's stack and API layer: what the lane saves
         "nnship-bentoml-route": (
             [*service, "--port", "{port}"],
             {**service_env, "NNSHIP_PREDICT_ROUTE": "bentoml"},
             "/readyz",
         ),
-        "bare": (
-            [
-                sys.executable,
-                "-m",
-                "nnship.loadtests.baseline",
-                "bare",
-                f"{model}:latest",
-                "--port",
-                "{port}",
-                "--threads",
-                threads,
-            ],
-            {},
-            "/predict",
-        ),
-        "naive": (
-            [
-                sys.executable,
-                "-m",
-                "nnship.loadtests.baseline",
-                "naive",
-                f"{model}:latest",
-                "--port",
-                "{port}",
-                "--threads",
-                threads,
-            ],
-            {},
-            "/predict",
-        ),
+        "bare": ([*baseline, "bare", *model_args], {}, "/predict"),
+        "naive": ([*baseline, "naive", *model_args], {}, "/predict"),
         "echo": (
-            [sys.executable, "-m", "nnship.loadtests.baseline", "echo", "--port", "{port}"],
+            [*baseline, "echo", "--port", "{port}"],
             {},
             "/predict",
         ),
