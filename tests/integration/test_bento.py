@@ -10,14 +10,13 @@ from pathlib import Path
 
 import bentoml
 import httpx
-import pytest
 
 from nnship.numeric import softmax
 from nnship.probe import wait_ready
 from nnship.service.runtime import load_runtime
 from nnship.service.settings import Settings
 from nnship.training.data import load_dataset, split
-from tests.server import free_port
+from tests.server import free_port, missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "deploy" / "container" / "containers.conf"
@@ -86,7 +85,7 @@ def test_bentoml_containerize_builds_offline_with_podman(iris_package):
     `bentoml containerize --backend podman` builds with no package index or registry; the image
     serves what the in-process runtime answers."""
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (CI installs it: .ci/run)")
+        missing_tool("podman is not installed (CI installs it: .ci/run)")
     env = {"CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF") or str(CONTAINERS_CONF)}
     model = f"iris-served:{iris_package['version']}"
     out = subprocess.run(

@@ -18,7 +18,7 @@ from nnship.probe import wait_ready
 from nnship.service.runtime import load_runtime
 from nnship.service.settings import Settings
 from nnship.training.data import load_dataset, split
-from tests.server import free_port
+from tests.server import free_port, missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE = 20
@@ -34,10 +34,10 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 def image(iris_package):
     """The CPU image of the iris test model (the base image and wheelhouse are reused if cached)."""
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (CI installs it: .ci/run)")
+        missing_tool("podman is not installed (CI installs it: .ci/run)")
     os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "deploy/container/containers.conf"))
     if podman("info", check=False).returncode != 0:
-        pytest.skip("podman is installed but cannot run here")
+        missing_tool("podman is installed but cannot run here")
     tag = "localhost/nnship-test:iris"
     model = f"iris-served:{iris_package['version']}"
     built = subprocess.run(
