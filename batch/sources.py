@@ -141,7 +141,9 @@ def read_block_at(path: Path, spec: Spec, rows: int, index: int) -> Block | None
             first = at if first is None else first
         at += n
     columns = list(dict.fromkeys(spec.columns + spec.keep))
-    table = pf.read_row_groups(groups, columns=columns).slice(start - (first or 0), stop - start)
+    table = pf.read_row_groups(groups, columns=columns, use_threads=False).slice(
+        start - (first or 0), stop - start
+    )
     return next(_table_blocks(path, iter([table]), spec, start), None)
 
 
@@ -187,7 +189,9 @@ def _parquet(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
     pf = pq.ParquetFile(path, pre_buffer=False)
     _need(path, pf.schema_arrow.names, spec)
     columns = list(dict.fromkeys(spec.columns + spec.keep))
-    batches = pf.iter_batches(batch_size=rows, columns=columns)
+    # one decoding thread: the job already overlaps reading with inference and writing, and Arrow's
+    # thread pool would spend more CPU handing columns around than it saves (half the CPU per row)
+    batches = pf.iter_batches(batch_size=rows, columns=columns, use_threads=False)
     yield from _table_blocks(path, _rechunk(batches, rows), spec)
 
 
