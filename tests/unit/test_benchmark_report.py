@@ -82,3 +82,38 @@ def test_profile_buckets_take_the_innermost_match():
     assert shares["nnship guard"] == 0.1
     assert shares["nnship validation"] == 0.2
     assert shares["idle / other"] == 0.4
+
+
+def test_the_heavy_gap_is_computed_from_this_runs_figures():
+    from nnship.loadtests.benchmark import _cost_at, _heavy_gap
+
+    costs = {1: 1800.0, 8: 500.0, 16: 400.0, 32: 260.0, 64: 210.0, 128: 180.0}
+    assert _cost_at(costs, 0.5) == 1800.0
+    assert _cost_at(costs, 24) == 330.0  # halfway between 16 and 32
+    assert _cost_at(costs, 500) == 180.0
+    h = results(1.0, 5.0)["digits-heavy"]
+    # nnship: 500 req/s on 1.5 cores, 16-row batches; bare: 100 req/s
+    h["nnship"][WIDE] = {**cell(500, cpu=3000.0), "cpu_cores": 1.5, "mean_batch": 16.0}
+    text = "\n".join(_heavy_gap(h, costs))
+    assert "stops at 5.00x bare" in text
+    assert "about 400 µs a row" in text and "about 2,600 µs" in text  # 3,000 - 400
+    # 6x is 600 req/s: 2,500 µs a request on 1.5 cores, so inference may cost at most... none left
+    assert "600 req/s" in text and "2,500 µs a request" in text
+    assert "more than the 128-row batches measured" in text
+    h["nnship"][WIDE]["cpu_us_per_request"] = 2600.0  # rest 2,200: 300 µs a row allowed
+    text = "\n".join(_heavy_gap(h, costs))
+    assert "at most 300 µs a row: batches of about 32 rows or more" in text
+
+
+def test_the_report_shows_the_wide_cells_mean_batch_and_the_heavy_section():
+    res = results(0.9, 5.0)
+    res["digits-cnn"]["nnship"][WIDE]["mean_batch"] = 4.0
+    res["digits-heavy"]["nnship"][WIDE].update(mean_batch=20.0, cpu_cores=1.5)
+    costs = {"digits-heavy": {1: 1800.0, 8: 500.0, 16: 400.0, 32: 260.0, 64: 210.0, 128: 180.0}}
+    text, ok = render(res, 10, costs=costs)
+    assert not ok
+    assert "digits-cnn 9.0 and 4.0, digits-heavy 20.0 and 20.0" in text
+    assert "## Why digits-heavy stops at 5.00x bare (64 clients)" in text
+    assert "1: 1,800, 8: 500, 16: 400, 32: 260, 64: 210, 128: 180" in text
+    assert "the lane, guard, validation, batching, metrics, middleware) costs nnship 50 µs" in text
+    assert "## Why digits-heavy" not in render(res, 10)[0]  # no costs measured, no section
