@@ -286,8 +286,11 @@ def bench_model(
         del servers["nnship-bentoml-route"]
     for name, (cmd, extra, ready) in servers.items():
         profiled = name == "nnship" or (compare_routes and name == "bare")
+        clients = CONCURRENCY
+        if name == "nnship" and model == "digits-heavy":  # how batches grow with more clients
+            clients = (*CONCURRENCY, 2 * WIDE)
         results[name] = _bench_server(
-            cmd, {**env, **extra}, ready, script, seconds, work, name, profiled=profiled
+            cmd, {**env, **extra}, ready, script, seconds, work, name, clients, profiled
         )
         print(
             f"{model} {name}: "
@@ -412,6 +415,14 @@ def _heavy_gap(h: dict, costs: dict[int, float], goal: float = 6.0) -> list[str]
         else f"more than the {max(costs)}-row batches measured (or less work outside inference)"
     )
     curve = ", ".join(f"{b}: {costs[b]:,.0f}" for b in sorted(costs))
+    more = ""
+    wider = h["nnship"].get(2 * WIDE)
+    if wider:
+        more = (
+            f"More clients fill larger batches: at {2 * WIDE} clients nnship served "
+            f"{wider['rps']:,.0f} req/s in batches of {wider.get('mean_batch', 0):.1f} rows "
+            f"({wider['rps'] / bare['rps']:.2f}x bare's {WIDE}-client figure). "
+        )
     return [
         f"## Why digits-heavy stops at {n['rps'] / bare['rps']:.2f}x bare ({WIDE} clients)",
         "",
@@ -424,13 +435,16 @@ def _heavy_gap(h: dict, costs: dict[int, float], goal: float = 6.0) -> list[str]
         f"the {n['cpu_cores']:.2f} cores the server used, that leaves {budget:,.0f} µs a request, "
         f"so inference would have to cost at most {max(allowed, 0):,.0f} µs a row: {need}.",
         "",
-        "The batch size is set by the cores, not by a setting: the event loop parses the next "
-        "batch's requests while ONNX Runtime runs the current one, and both share the machine's "
-        f"{os.cpu_count()} cores with wrk, so a batch holds about as many requests as the loop can "
-        "read during one inference call. Holding batches back for more rows (`NNSHIP_MAX_WAIT_MS` "
-        "1 and 3 ms), a single ONNX Runtime thread, a 32-row cap and a lower priority for the "
-        "inference thread were each measured at or below the default here. Cheaper request "
-        "handling (the HTTP share below) is what would let batches grow.",
+        f"Why the batches hold about half the clients: each of the {WIDE} clients has one "
+        "request outstanding, and the event loop reads the next requests while ONNX Runtime runs "
+        "the current batch, so the clients settle into two alternating groups and a batch holds "
+        f"about {WIDE // 2} requests (measured: {batch:.1f}). Batches of {WIDE} would need every "
+        "client in every batch, that is no overlap at all: the event loop idle during each "
+        "inference call and ONNX Runtime idle while the loop reads. Holding batches back for more "
+        "rows (`NNSHIP_MAX_WAIT_MS` 1 and 3 ms), a single ONNX Runtime thread, a 32-row cap and a "
+        "lower priority for the inference thread were each measured at or below the default. "
+        f"{more}At this bar's concurrency, cheaper request handling (the HTTP share above) is "
+        "what would raise it.",
         "",
     ]
 

@@ -103,6 +103,10 @@ def test_the_heavy_gap_is_computed_from_this_runs_figures():
     h["nnship"][WIDE]["cpu_us_per_request"] = 2600.0  # rest 2,200: 300 µs a row allowed
     text = "\n".join(_heavy_gap(h, costs))
     assert "at most 300 µs a row: batches of about 32 rows or more" in text
+    assert "about 32 requests (measured: 16.0)" in text and "More clients" not in text
+    h["nnship"][2 * WIDE] = {**cell(650), "mean_batch": 40.0}
+    text = "\n".join(_heavy_gap(h, costs))
+    assert "at 128 clients nnship served 650 req/s in batches of 40.0 rows (6.50x bare's" in text
 
 
 def test_the_report_shows_the_wide_cells_mean_batch_and_the_heavy_section():
