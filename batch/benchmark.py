@@ -40,7 +40,7 @@ FAMILIES = [
 STAGE_PARTS = 24  # parts timed stage by stage
 RATIO_BAR = 0.85
 THREADS, BATCH = 1, 1024
-REPEATS = 2
+REPEATS = 3
 
 
 def build_package(model: str, dataset: str, work: Path) -> Path:
