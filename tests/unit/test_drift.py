@@ -95,6 +95,32 @@ def test_tied_and_missing_quantiles_merge_bins():
     assert zeros[0] < 0.05 < 1.0 < moved[0]
 
 
+def test_a_large_batch_is_binned_as_a_small_one_is():
+    """The binary search (many rows) and the comparison with every edge (a few rows) agree on every
+    value, those exactly on an edge and past the padded +inf edges included."""
+    from nnship.service.drift import SEARCH_FROM_ROWS
+
+    rng = np.random.default_rng(3)
+    quantiles = [
+        {n: float(v) for n, v in zip(QUANTILES, np.sort(rng.normal(size=7)), strict=True)}
+        for _ in range(6)
+    ]
+    quantiles.append({n: 0.0 for n in QUANTILES})  # a constant feature: one edge, then +inf
+    edges, _ = bin_edges(quantiles)
+    x = rng.normal(scale=2, size=(300, len(quantiles)))
+    x[::7] = np.where(np.isfinite(edges[:, 0]), edges[:, 0], 0.0)  # on the lowest edge
+    x[1::7, :6] = edges[:6, 3]  # on a middle edge
+    x[2::7] = 1e30  # above every finite edge
+    assert len(x) >= SEARCH_FROM_ROWS
+    one_by_one = np.concatenate([bins_of(x[i : i + 1], edges) for i in range(len(x))])
+    assert bins_of(x, edges).tolist() == one_by_one.tolist()
+    assert (
+        bins_of(x.astype(np.float32), edges).tolist()
+        == bins_of(x.astype(np.float32)[:8], edges).tolist()
+        + bins_of(x.astype(np.float32)[8:], edges).tolist()
+    )
+
+
 class Gauge:
     """A stand-in for a prometheus gauge child: remembers the last value set."""
 
