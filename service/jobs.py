@@ -405,17 +405,7 @@ class JobRoutes:
         body = b"".join(chunks)
         state = jobs.state(_task_id(scope))
         if start.get("status") == 200 and state is not None:
-            answer = json.loads(body)
-            answer["state"] = state["state"]
-            for key in ("summary", "error"):
-                if key in state:
-                    answer[key] = state[key]
-            answer["rejects"] = (
-                f"{REJECTS}?task_id={answer['task_id']}"
-                if state.get("summary", {}).get("rejects")
-                else None
-            )
-            body = json.dumps(answer).encode()
+            body = json.dumps(status_answer(json.loads(body), state)).encode()
         headers = [
             (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
         ] + [(b"content-length", b"%d" % len(body))]
@@ -442,6 +432,30 @@ class JobRoutes:
         else:
             response = Response(b"", media_type="application/x-ndjson")
         await response(scope, receive, send)
+
+
+# BentoML's task statuses once its task has returned and its outcome is stored
+TASK_ENDED = ("completed", "failed", "canceled")
+
+
+def status_answer(answer: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's status answer with the job's state, summary or error added, the two consistent:
+    the job records its end a moment before BentoML stores the task's outcome, and until BentoML
+    has, the job still reads as running (or queued), without a summary or error, so that a client
+    never sees an ended job whose result or failure BentoML does not know yet."""
+    current = state["state"]
+    if current in FINISHED and answer.get("status") not in TASK_ENDED:
+        current, state = ("running" if "started_at" in state else "queued"), {}
+    answer["state"] = current
+    for key in ("summary", "error"):
+        if key in state:
+            answer[key] = state[key]
+    answer["rejects"] = (
+        f"{REJECTS}?task_id={answer['task_id']}"
+        if state.get("summary", {}).get("rejects")
+        else None
+    )
+    return answer
 
 
 def _task_id(scope) -> str:
