@@ -329,15 +329,16 @@ def _bench_server(
         pids = [proc.pid, *_children(proc.pid)]
         result: dict = {}
         for c in clients:
-            before = _batch_totals(url) if name == "nnship" else None
+            before = _batch_totals(_metrics(url)) if name == "nnship" else None
             result[c] = measure(url, script, c, seconds, pids)
             if before is not None:  # the rows per inference batch while this cell ran
-                rows, calls = (a - b for a, b in zip(_batch_totals(url), before, strict=True))
+                totals = _batch_totals(_metrics(url))
+                rows, calls = (a - b for a, b in zip(totals, before, strict=True))
                 result[c]["mean_batch"] = rows / max(calls, 1)
         if profiled:
             result["profile"] = profile(proc.pid, url, script, max(6, seconds), work)
         if name == "nnship":
-            metrics = httpx.get(f"{url}/metrics").text
+            metrics = _metrics(url)
             result["shed"] = sum(
                 float(v)
                 for v in re.findall(
@@ -346,17 +347,19 @@ def _bench_server(
                     re.M,
                 )
             )
-            sizes = re.findall(
-                r"^nnship_batch_size_(sum|count)\{[^}]*\} ([\d.e+]+)$", metrics, re.M
-            )
-            agg = {k: float(v) for k, v in sizes}
-            result["mean_batch"] = agg.get("sum", 0) / max(agg.get("count", 1), 1)
+            rows, calls = _batch_totals(metrics)
+            result["mean_batch"] = rows / max(calls, 1)
     return result
 
 
-def _batch_totals(url: str) -> tuple[float, float]:
-    """nnship's rows inferred and inference calls so far (nnship_batch_size's sum and count)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def _metrics(url: str) -> str:
+    """A server's /metrics text."""
+    return httpx.get(f"{url}/metrics", timeout=10).text
+
+
+def _batch_totals(text: str) -> tuple[float, float]:
+    """nnship's rows inferred and inference calls so far (nnship_batch_size's sum and count), from
+    its /metrics text."""
     found = dict(re.findall(r"^nnship_batch_size_(sum|count)\{[^}]*\} ([\d.e+]+)$", text, re.M))
     return float(found.get("sum", 0)), float(found.get("count", 0))
 

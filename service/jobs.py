@@ -196,7 +196,7 @@ class Jobs:
             result = folder / f"{RESULT}.{out_fmt}"
             self._write_state(folder, state="queued", created_at=time.time(), input_format=fmt)
             summary = await self._unless_cancelled(
-                folder, self._queued(folder, source, result, request)
+                folder, self._queued(folder, source, result, request), result
             )
             summary.pop("output", None)  # a path on the server
             await asyncio.to_thread(_name_input, folder / REJECTS_FILE, source.name)
@@ -218,10 +218,12 @@ class Jobs:
                 self._write_state(folder, state="failure", error=str(e), finished_at=time.time())
                 raise
 
-    async def _unless_cancelled(self, folder: Path, work) -> dict[str, Any]:
+    async def _unless_cancelled(self, folder: Path, work, result: Path) -> dict[str, Any]:
         """`work`'s result, unless the job's cancel mark appears first: then the work is cancelled
-        (a running job's process is killed) and the job fails as cancelled. The mark is a file in
-        the job's folder, so a cancel reaches the job whichever worker answered it."""
+        (a running job's process is killed and awaited), whatever output it had built is removed
+        (the mark may be seen just after the process put its result in place), and the job fails as
+        cancelled. The mark is a file in the job's folder, so a cancel reaches the job whichever
+        worker answered it."""
         job = asyncio.ensure_future(work)
         mark = folder / CANCEL_MARK
         while not job.done():
@@ -230,6 +232,7 @@ class Jobs:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError, JobFailed):
                     await job
+                await asyncio.to_thread(_discard_output, result)
                 message = "cancelled by PUT /batch/cancel"
                 self._write_state(folder, state="cancelled", error=message, finished_at=time.time())
                 raise JobFailed(message)
@@ -309,6 +312,14 @@ class Jobs:
             return json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise JobFailed("the job ended without its summary line") from None
+
+
+def _discard_output(result: Path) -> None:
+    """A cancelled job's output removed, whether complete or still in its staging folder."""
+    from nnship.batch.job import staging_dir
+
+    result.unlink(missing_ok=True)
+    shutil.rmtree(staging_dir(result), ignore_errors=True)
 
 
 def _name_input(rejects: Path, name: str) -> None:

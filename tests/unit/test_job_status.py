@@ -41,3 +41,31 @@ def test_a_job_in_progress_shows_its_own_state():
     for state in ("queued", "running"):
         answer = status_answer(bentoml("in_progress"), {"state": state, "started_at": 1.0})
         assert answer["state"] == state and answer["rejects"] is None
+
+
+def test_a_cancel_seen_as_the_job_finishes_leaves_no_result(tmp_path):
+    """The cancel mark can be seen just after the job's process put its result in place: the job
+    still ends as cancelled, and neither its result nor its staging folder is left behind."""
+    import asyncio
+
+    from nnship.batch.job import staging_dir
+    from nnship.service.jobs import CANCEL_MARK, JobFailed, Jobs
+    from nnship.service.settings import Settings
+
+    jobs = Jobs(Settings(jobs_dir=str(tmp_path / "jobs")), tmp_path, "fp32")
+    folder = jobs.folder("b" * 32)
+    folder.mkdir()
+    result = folder / "result.parquet"
+    staging = staging_dir(result)
+
+    async def finishing() -> dict:  # the process is done; its summary is still on its way
+        staging.mkdir()
+        result.write_bytes(b"PAR1")
+        (folder / CANCEL_MARK).write_bytes(b"")
+        await asyncio.sleep(30)
+        return {}
+
+    with pytest.raises(JobFailed, match="cancelled"):
+        asyncio.run(jobs._unless_cancelled(folder, finishing(), result))
+    assert not result.exists() and not staging.exists()
+    assert jobs.state("b" * 32)["state"] == "cancelled"
