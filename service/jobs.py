@@ -200,6 +200,12 @@ class Jobs:
             )
             summary.pop("output", None)  # a path on the server
             await asyncio.to_thread(_name_input, folder / REJECTS_FILE, source.name)
+            if (folder / CANCEL_MARK).exists():  # a cancel answered while the job was ending
+                error = self._mark_cancelled(folder)
+                await asyncio.to_thread(_discard_output, result)
+                raise error
+            # no await between the check above and this record: a cancel this worker answers
+            # comes either before (and wins) or after it (and is refused as finished)
             self._write_state(folder, state="success", summary=summary, finished_at=time.time())
             return result
         finally:
@@ -211,10 +217,16 @@ class Jobs:
     ) -> dict[str, Any]:
         """Wait for a slot, then run the job's process; its summary."""
         async with self.slots:
+            if (folder / CANCEL_MARK).exists():  # cancelled while it waited: it never starts
+                raise self._mark_cancelled(folder)
             self._write_state(folder, state="running", started_at=time.time())
             try:
                 return await self._child(folder, source, result, request)
             except JobFailed as e:
+                if (folder / CANCEL_MARK).exists():  # a cancel answered as it failed wins
+                    error = self._mark_cancelled(folder)
+                    await asyncio.to_thread(_discard_output, result)
+                    raise error from None
                 self._write_state(folder, state="failure", error=str(e), finished_at=time.time())
                 raise
 
@@ -233,13 +245,18 @@ class Jobs:
                 with contextlib.suppress(asyncio.CancelledError, JobFailed):
                     await job
                 await asyncio.to_thread(_discard_output, result)
-                message = "cancelled by PUT /batch/cancel"
-                self._write_state(folder, state="cancelled", error=message, finished_at=time.time())
-                raise JobFailed(message)
+                raise self._mark_cancelled(folder)
         return job.result()
 
+    def _mark_cancelled(self, folder: Path) -> JobFailed:
+        """Record the job as cancelled; the error its task fails with."""
+        message = "cancelled by PUT /batch/cancel"
+        self._write_state(folder, state="cancelled", error=message, finished_at=time.time())
+        return JobFailed(message)
+
     def cancel(self, task_id: str) -> tuple[int, dict[str, Any]]:
-        """Ask a queued or running job to stop: (status, answer); 409 once it has finished."""
+        """Ask a queued or running job to stop: (status, answer); 409 once it has finished. A job
+        this answers 202 for ends cancelled, even one whose process is just finishing."""
         state = self.state(task_id)
         if state is None:
             message = "no batch job with this task_id (unknown, or its results have expired)"

@@ -69,3 +69,63 @@ def test_a_cancel_seen_as_the_job_finishes_leaves_no_result(tmp_path):
         asyncio.run(jobs._unless_cancelled(folder, finishing(), result))
     assert not result.exists() and not staging.exists()
     assert jobs.state("b" * 32)["state"] == "cancelled"
+
+
+def _job(tmp_path, child):
+    """A Jobs of its own whose job process is `child`; (jobs, folder, result, run coroutine)."""
+    from nnship.service.jobs import JobRequest, Jobs
+    from nnship.service.settings import Settings
+
+    jobs = Jobs(Settings(jobs_dir=str(tmp_path / "jobs")), tmp_path, "fp32")
+    jobs._child = child
+    upload = tmp_path / "upload.csv"
+    upload.write_text("a\n1\n")
+    folder = jobs.folder("c" * 32)
+    return jobs, folder, folder / "result.csv", jobs.run("c" * 32, upload, JobRequest())
+
+
+def test_a_cancel_answered_as_the_job_ends_wins(tmp_path):
+    """A cancel answered (the mark written) while the job's process returns its summary: the job
+    ends cancelled, not as a success, and its result is removed; the same when its process fails."""
+    import asyncio
+
+    from nnship.service.jobs import CANCEL_MARK, JobFailed
+
+    for fails in (False, True):
+
+        async def child(folder, source, result, request, fails=fails):
+            result.write_text("prediction\n1\n")
+            (folder / CANCEL_MARK).write_bytes(b"")
+            if fails:
+                raise JobFailed("the job's process failed")
+            return {"rows": 1, "output": str(result)}
+
+        jobs, folder, result, run = _job(tmp_path / str(fails), child)
+        with pytest.raises(JobFailed, match="cancelled"):
+            asyncio.run(run)
+        assert jobs.state(folder.name)["state"] == "cancelled" and not result.exists()
+
+
+def test_a_job_cancelled_while_queued_never_starts(tmp_path):
+    import asyncio
+
+    from nnship.service.jobs import CANCEL_MARK, JobFailed
+
+    started = []
+
+    async def child(folder, source, result, request):
+        started.append(folder)
+        return {"rows": 1}
+
+    jobs, folder, _, run = _job(tmp_path, child)
+
+    async def cancelled_in_the_queue():
+        async with jobs.slots:  # every slot busy: the job waits in the queue
+            task = asyncio.ensure_future(run)
+            await asyncio.sleep(0.05)
+            (folder / CANCEL_MARK).write_bytes(b"")
+        with pytest.raises(JobFailed, match="cancelled"):
+            await task
+
+    asyncio.run(cancelled_in_the_queue())
+    assert started == [] and "started_at" not in jobs.state(folder.name)
