@@ -332,9 +332,7 @@ def _bench_server(
             before = _batch_totals(_metrics(url)) if name == "nnship" else None
             result[c] = measure(url, script, c, seconds, pids)
             if before is not None:  # the rows per inference batch while this cell ran
-                totals = _batch_totals(_metrics(url))
-                rows, calls = (a - b for a, b in zip(totals, before, strict=True))
-                result[c]["mean_batch"] = rows / max(calls, 1)
+                result[c]["mean_batch"] = _mean_batch(_batch_totals(_metrics(url)), before)
         if profiled:
             result["profile"] = profile(proc.pid, url, script, max(6, seconds), work)
         if name == "nnship":
@@ -347,8 +345,7 @@ def _bench_server(
                     re.M,
                 )
             )
-            rows, calls = _batch_totals(metrics)
-            result["mean_batch"] = rows / max(calls, 1)
+            result["mean_batch"] = _mean_batch(_batch_totals(metrics))
     return result
 
 
@@ -362,6 +359,11 @@ def _batch_totals(text: str) -> tuple[float, float]:
     its /metrics text."""
     found = dict(re.findall(r"^nnship_batch_size_(sum|count)\{[^}]*\} ([\d.e+]+)$", text, re.M))
     return float(found.get("sum", 0)), float(found.get("count", 0))
+
+
+def _mean_batch(totals: tuple[float, float], since: tuple[float, float] = (0.0, 0.0)) -> float:
+    """Rows per inference call between two readings of the batch totals."""
+    return (totals[0] - since[0]) / max(totals[1] - since[1], 1)
 
 
 BATCH_SIZES = (1, 8, 16, 32, 64, 128)

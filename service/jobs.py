@@ -200,13 +200,7 @@ class Jobs:
             )
             summary.pop("output", None)  # a path on the server
             await asyncio.to_thread(_name_input, folder / REJECTS_FILE, source.name)
-            if (folder / CANCEL_MARK).exists():  # a cancel answered while the job was ending
-                error = self._mark_cancelled(folder)
-                await asyncio.to_thread(_discard_output, result)
-                raise error
-            # no await between the check above and this record: a cancel this worker answers
-            # comes either before (and wins) or after it (and is refused as finished)
-            self._write_state(folder, state="success", summary=summary, finished_at=time.time())
+            await self._end(folder, result, state="success", summary=summary)
             return result
         finally:
             self.active.discard(task_id)
@@ -218,16 +212,12 @@ class Jobs:
         """Wait for a slot, then run the job's process; its summary."""
         async with self.slots:
             if (folder / CANCEL_MARK).exists():  # cancelled while it waited: it never starts
-                raise self._mark_cancelled(folder)
+                raise await self._cancelled(folder, result)
             self._write_state(folder, state="running", started_at=time.time())
             try:
                 return await self._child(folder, source, result, request)
             except JobFailed as e:
-                if (folder / CANCEL_MARK).exists():  # a cancel answered as it failed wins
-                    error = self._mark_cancelled(folder)
-                    await asyncio.to_thread(_discard_output, result)
-                    raise error from None
-                self._write_state(folder, state="failure", error=str(e), finished_at=time.time())
+                await self._end(folder, result, state="failure", error=str(e))
                 raise
 
     async def _unless_cancelled(self, folder: Path, work, result: Path) -> dict[str, Any]:
@@ -244,14 +234,23 @@ class Jobs:
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError, JobFailed):
                     await job
-                await asyncio.to_thread(_discard_output, result)
-                raise self._mark_cancelled(folder)
+                raise await self._cancelled(folder, result)
         return job.result()
 
-    def _mark_cancelled(self, folder: Path) -> JobFailed:
-        """Record the job as cancelled; the error its task fails with."""
+    async def _end(self, folder: Path, result: Path, **fields: Any) -> None:
+        """Record how the job ended, unless a cancel was answered first: that one wins (JobFailed
+        as cancelled). No await comes between the check and the record, so a cancel this worker
+        answers comes either before it (and wins) or after it (and is refused as finished)."""
+        if (folder / CANCEL_MARK).exists():
+            raise await self._cancelled(folder, result)
+        self._write_state(folder, finished_at=time.time(), **fields)
+
+    async def _cancelled(self, folder: Path, result: Path) -> JobFailed:
+        """Record the job as cancelled and remove whatever output it built, complete or in its
+        staging folder; the error its task fails with."""
         message = "cancelled by PUT /batch/cancel"
         self._write_state(folder, state="cancelled", error=message, finished_at=time.time())
+        await asyncio.to_thread(_discard_output, result)
         return JobFailed(message)
 
     def cancel(self, task_id: str) -> tuple[int, dict[str, Any]]:
