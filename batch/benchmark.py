@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -180,6 +181,47 @@ def stages(package: str, rows: str, part_rows: str) -> dict:
     return {k: round(v / n * 1e6, 3) for k, v in spent.items()}
 
 
+def reading(package: str, rows: str, part_rows: str) -> dict:
+    """Rows/s of the reader side alone (Parquet decoding, the checks and range flags, in order) over
+    the whole file, on one worker (the reader thread) and on a pool of as many workers as cores:
+    how the stages that bound a cheap model's job scale with the cores given to them."""
+    from nnship.batch import job
+    from nnship.batch.engine import Engine, open_runtime
+    from nnship.batch.pipeline import cores, ordered, worker_pool
+    from nnship.batch.rows import column_names
+    from nnship.batch.sources import Spec, read_blocks
+    from nnship.service.validation import Validator
+
+    rt = open_runtime(package, "fp32", THREADS)
+    m = rt.manifest
+    validator = Validator(m, max_rows=1)
+    spec = Spec(column_names(m), tuple(m.input.shape), m.takes_sequences, ["id"])
+    engine = Engine(rt, BATCH, validator)
+
+    def check(block):
+        checked = job.check_block(block, spec, validator)
+        return checked.rows, engine.flags(checked)
+
+    out = {}
+    for workers in sorted({1, cores()}):
+        pool = worker_pool(workers)
+        began, n = time.perf_counter(), 0
+        blocks = read_blocks(Path(rows), spec, int(part_rows), pool)
+        for count, _ in ordered(pool, check, blocks) if pool else map(check, blocks):
+            n += count
+        out[str(workers)] = round(n / (time.perf_counter() - began), 1)
+        if pool:
+            pool.shutdown()
+    return out
+
+
+def run_reading(package: Path, rows: Path, part_rows: int) -> dict:
+    """The reader side's rows/s by workers, in a process of its own."""
+    cmd = [sys.executable, "-m", "nnship.batch.benchmark", "--reading", str(package), str(rows)]
+    stdout, _ = peak_rss([*cmd, str(part_rows)])
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def run_stages(package: Path, rows: Path, part_rows: int) -> dict:
     """The stage timings in a process of their own."""
     cmd = [sys.executable, "-m", "nnship.batch.benchmark", "--stages", str(package), str(rows)]
@@ -202,12 +244,20 @@ def _ray_cell(result: dict) -> str:
     return f"{ray['rows_per_s']:,.0f} (driver {ray['peak_rss_mb']} MB)"
 
 
+def _workers(results: list[dict]) -> str:
+    """The jobs' worker counts, as their summaries give them."""
+    seen = sorted({r[k]["job"].get("workers", 1) for r in results for k in ("1x", "10x")})
+    return ", ".join(map(str, seen))
+
+
 def render(results: list[dict]) -> str:
     """The report as Markdown."""
     lines = [
         "# Batch inference: `nnship predict` against in-process ONNX Runtime",
         "",
-        f"Same package (fp32), {THREADS} intra-op thread, batch size {BATCH}; the job reads Parquet, "
+        f"Same package (fp32), {THREADS} intra-op thread, batch size {BATCH}; the job runs with its "
+        f"default `--workers` ({_workers(results)}: the cores its inference thread leaves, at least "
+        "1); it reads Parquet, "
         "validates, infers and writes Parquet (kept `id`, prediction, probabilities, range flags), "
         "its rows/s counted from its first read to its output in place (the summary's `rows_per_s`; "
         "start-up, i.e. package verification and session creation, is `startup_s`, shown apart); the "
@@ -246,8 +296,10 @@ def render(results: list[dict]) -> str:
         )
     lines += [
         "",
-        "A job holds at most about five parts at once (two read ahead, one in inference, two "
-        "waiting for the writer), whatever the input's size; the 1x files hold ten parts or more, "
+        "With one worker a job holds at most about five parts at once (two read ahead, one in "
+        "inference, two waiting for the writer), and about three more per worker beyond it (a row "
+        "group, a part being checked and one being written each), whatever the input's size; the "
+        "1x files hold ten parts or more, "
         "so both sizes run at that plateau and their peak RSS shows the memory flat in the input's "
         "size. Output Parquet: Snappy pages, dictionary pages for text only (labels, flagged "
         "feature names), plain pages for numbers, min/max statistics for kept non-float columns; "
@@ -275,6 +327,26 @@ def render(results: list[dict]) -> str:
         bound = min(1.0, cores * st["infer"] / total)
         cells = " | ".join(f"{st[k]:.3f}" for k in ("read", "check", "infer", "table", "write"))
         lines.append(f"| {r['model']} | {cells} | {total:.3f} | {bound:.2f} |")
+    if all("reading" in r for r in results):
+        counts = sorted({int(k) for r in results for k in r["reading"]})
+        heads = " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in counts)
+        lines += [
+            "",
+            "The reader side alone (Parquet decoding, the checks and range flags, in order; no "
+            "inference) over the 10x file, in rows/s by `--workers` (1: the reader thread; more: "
+            "row groups decoded and parts checked on a pool), and the cores a job would need for "
+            f"the {RATIO_BAR} bar at the per-row costs above (the bound column's formula solved for "
+            "the cores; arithmetic, not a measurement):",
+            "",
+            f"| model | {heads} | scaling | cores for the bar |",
+            "| --- " * (len(counts) + 3) + "|",
+        ]
+        for r in results:
+            st, rd = r["stages"], r["reading"]
+            need = math.ceil(RATIO_BAR * sum(st.values()) / st["infer"])
+            cells = " | ".join(f"{rd[str(w)]:,.0f}" for w in counts)
+            gain = rd[str(counts[-1])] / rd[str(counts[0])]
+            lines.append(f"| {r['model']} | {cells} | {gain:.2f}x | {need} |")
     for r in results:
         st = r["stages"]
         if cores * st["infer"] / sum(st.values()) < RATIO_BAR:
@@ -285,7 +357,9 @@ def render(results: list[dict]) -> str:
                 f"inference costs {st['infer']:.3f} µs of CPU per row, while reading, checking and "
                 f"writing the same row cost {rest:.3f} µs ({st['read']:.3f} µs of it decoding the "
                 "Parquet input alone), so even with every stage overlapped the job is bound by the "
-                "CPU the other stages need, not by inference.",
+                "CPU the other stages need, not by inference. With `--workers` those stages spread "
+                "over the cores inference leaves, so the bar needs a machine with the cores the "
+                "table above gives.",
             ]
     if all("load" in r for r in results):
         loads = ", ".join(f"{r['model']} {r['load']}" for r in results)
@@ -311,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stages", nargs=3, metavar=("PACKAGE", "ROWS", "PART_ROWS"), help=argparse.SUPPRESS
     )
+    p.add_argument(
+        "--reading", nargs=3, metavar=("PACKAGE", "ROWS", "PART_ROWS"), help=argparse.SUPPRESS
+    )
     p.add_argument("--from-json", type=Path, help="only render the report from saved figures")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -319,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stages:
         print(json.dumps(stages(*args.stages)))
+        return 0
+    if args.reading:
+        print(json.dumps(reading(*args.reading)))
         return 0
     if args.from_json:
         results = json.loads(args.from_json.read_text())
@@ -341,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry[scale] = {"job": best(jobs), "in_memory": best(mems)}
                 if scale == "10x":
                     entry["stages"] = run_stages(package, rows, part_rows)
+                    entry["reading"] = run_reading(package, rows, part_rows)
                 if scale == "10x" and ray_installed():
                     entry[scale]["ray"] = run_job(package, rows, out, part_rows, engine="ray")
                 rows.unlink()

@@ -78,6 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="ONNX Runtime intra-op threads (0: all cores)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="threads beside inference that decode Parquet row groups, check rows and write parts "
+        "(0: the cores --threads leaves, at least 1, at most 8)",
+    )
+    p.add_argument(
         "--part-rows",
         type=int,
         default=PART_ROWS,
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         max_reject_fraction=args.max_reject_fraction,
         resume=args.resume,
         threads=args.threads,
+        workers=args.workers,
         part_rows=args.part_rows,
         format=args.format,
         overwrite=args.overwrite,

@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from nnship.batch import sinks
 from nnship.batch.engine import CPU_BATCH, GPU_BATCH, Engine, open_runtime, output_names
-from nnship.batch.pipeline import Consumer, Prefetch
+from nnship.batch.pipeline import (
+    Consumer,
+    Prefetch,
+    Workers,
+    default_workers,
+    ordered,
+    worker_pool,
+)
 from nnship.batch.rows import (
     Checked,
     Reject,
@@ -59,6 +67,7 @@ class Options:
     max_reject_fraction: float = 1.0
     resume: bool = False
     threads: int = 0  # 0: all cores
+    workers: int = 0  # 0: the cores inference leaves (pipeline.default_workers)
     part_rows: int = PART_ROWS
     format: str | None = None
     overwrite: bool = False
@@ -80,6 +89,7 @@ class Summary:
     batch_size: int = 0
     parts: int = 0
     resumed_parts: int = 0
+    workers: int = 0
     output: str = ""
 
     def add(self, entry: dict[str, Any]) -> None:
@@ -105,6 +115,8 @@ def _check_options(o: Options) -> None:
         raise NnshipError(f"--max-reject-fraction {o.max_reject_fraction}: must be in [0, 1]")
     if o.threads < 0:
         raise NnshipError(f"--threads {o.threads}: must be 0 (all cores) or more")
+    if not 0 <= o.workers <= 64:
+        raise NnshipError(f"--workers {o.workers}: must be in [0, 64] (0: the cores left over)")
     if o.engine not in ("local", "ray"):
         raise NnshipError(f"--engine {o.engine}: local or ray")
 
@@ -394,42 +406,64 @@ def predict(o: Options) -> Summary:
 
 
 def _run_local(job: _Job, started: float) -> None:
-    """The local engine: a reader thread, inference on this one, a writer thread."""
+    """The local engine: a reader thread, inference on this one, a writer thread; with more than
+    one worker, those two threads hand each part's decoding, checks, output columns and file to a
+    pool, and keep the parts in order."""
     o, stage, done, summary = job.options, job.stage, job.done, job.summary
+    workers = o.workers or default_workers(o.threads)
+    summary.workers = workers
     totals = [total_rows(f) for f in job.files]
     total = None if None in totals else sum(totals)
-    with _progress(o.progress) as bar, open(stage / LOG, "a") as journal:
+    with (
+        _progress(o.progress) as bar,
+        open(stage / LOG, "a") as journal,
+        _pool(workers) as pool,
+    ):
         task = bar.add_task("predict", total=total, rate="")
 
-        def write(item: tuple[str, Block, Checked, np.ndarray, np.ndarray | None]) -> None:
+        def build(item: tuple[str, Block, Checked, np.ndarray, np.ndarray | None]) -> tuple:
             key, block, checked, logits, flags = item
             table, rejects = finish(block, checked, logits, flags, job.engine)
             header = job.joined is None
             entry = store_part(stage, key, table, rejects, checked.rows, job.part_fmt, header)
+            return entry, table
+
+        def record(built: tuple[dict[str, Any], pa.Table]) -> None:
+            entry, table = built
             if job.joined is not None:
                 job.joined.add(stage / PARTS / entry["file"], table.column_names, table)
             journal.write(json.dumps(entry) + "\n")
             journal.flush()
-            job.entries[key] = entry
-            bar.advance(task, checked.rows)
+            job.entries[entry["part"]] = entry
+            bar.advance(task, entry["rows"])
             elapsed = time.perf_counter() - started
             bar.update(task, rate=f"{bar.tasks[0].completed / max(elapsed, 1e-9):,.0f} rows/s")
 
-        def blocks() -> Iterator[tuple[str, Block, Checked | None, np.ndarray | None]]:
+        def check(item: tuple[str, Block]) -> tuple[str, Block, Checked | None, Any]:
+            key, block = item
+            if key in done:
+                return key, block, None, None
+            checked = check_block(block, job.spec, job.validator)
+            return key, block, checked, job.engine.flags(checked)
+
+        def blocks() -> Iterator[tuple[str, Block]]:
             for fi, f in enumerate(job.files):
-                for bi, block in enumerate(read_blocks(f, job.spec, o.part_rows)):
-                    key = part_key(fi, bi)
-                    if key in done:
-                        yield key, block, None, None
-                        continue
-                    checked = check_block(block, job.spec, job.validator)
-                    yield key, block, checked, job.engine.flags(checked)
+                for bi, block in enumerate(read_blocks(f, job.spec, o.part_rows, pool)):
+                    yield part_key(fi, bi), block
 
         # this thread runs inference alone (ONNX Runtime releases the GIL); reading, checking and
-        # range flags happen on the reader thread, output columns and files on the writer thread
-        writer = Consumer(write)
+        # range flags happen on the reader thread, output columns and files on the writer thread,
+        # or on the pool's workers in their stead
+        if pool is None:
+            checked_blocks = map(check, blocks())
+            writer = Consumer(lambda item: record(build(item)))
+            submit = lambda item: item  # noqa: E731
+        else:
+            checked_blocks = ordered(pool, check, blocks())
+            writer = Consumer(lambda future: record(future.result()), depth=pool.ahead)
+            submit = lambda item: pool.submit(build, item)  # noqa: E731
         try:
-            with Prefetch(blocks()) as items:
+            with Prefetch(checked_blocks) as items:
                 for key, block, checked, flags in items:
                     if checked is None:
                         summary.add(done[key])
@@ -438,9 +472,20 @@ def _run_local(job: _Job, started: float) -> None:
                     entry = {"rows": checked.rows, "predicted": len(checked.valid)}
                     summary.add({**entry, "rejects": len(checked.rejects)})
                     _check_rejects(o, summary, checked.rejects[:1])
-                    writer.put((key, block, checked, job.engine.logits(checked), flags))
+                    writer.put(submit((key, block, checked, job.engine.logits(checked), flags)))
         finally:
             writer.close()
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[Workers | None]:
+    """The workers' pool for a job (None for one worker), shut down when the job ends."""
+    pool = worker_pool(workers)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(job: _Job) -> None:

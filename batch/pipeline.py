@@ -1,12 +1,19 @@
 """Reading and writing beside inference: a reader thread and a writer thread, each behind a bounded
-queue (ONNX Runtime releases the GIL while it runs, so the three overlap)."""
+queue (ONNX Runtime releases the GIL while it runs, so the three overlap), and a pool of workers
+that those two threads can hand parts to, in order, on machines with cores to spare (Parquet
+decoding, NumPy's checks and Arrow's encoders release the GIL too)."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+MAX_WORKERS = 8
 
 _END = object()
 
@@ -99,3 +106,53 @@ class Consumer:
         self._queue.put(_END)
         self._thread.join()
         self._raise()
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(threads: int) -> int:
+    """Workers beside inference when none are asked for: the cores ONNX Runtime's `threads` leave
+    (0 threads: all cores, so one worker), at least 1 and at most MAX_WORKERS."""
+    n = cores()
+    return max(1, min(MAX_WORKERS, n - (threads or n)))
+
+
+class Workers(ThreadPoolExecutor):
+    """A thread pool that knows its size: the work it is given runs `size` at a time, one more
+    waiting for each (so that a worker finishing finds the next item ready)."""
+
+    def __init__(self, size: int):
+        super().__init__(size, thread_name_prefix="nnship-part")
+        self.size = size
+
+    @property
+    def ahead(self) -> int:
+        return self.size + 1
+
+
+def worker_pool(workers: int) -> Workers | None:
+    """A pool for `workers` > 1; None for one (the reader and writer threads do the work)."""
+    return Workers(workers) if workers > 1 else None
+
+
+def ordered(pool: Workers, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    """fn(item) for each item, run on the pool at most `pool.ahead` at a time, given back in the
+    items' order; a call's error is raised here when its turn comes, and the calls not yet begun are
+    cancelled when the caller stops early."""
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= pool.ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()

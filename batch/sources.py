@@ -1,6 +1,7 @@
 """Input files streamed in blocks of a fixed number of rows: Parquet (row batches), CSV (chunked),
 JSON Lines (line by line), NPY (memory-mapped) and NPZ (each member read as a stream). No reader
-holds more than one block of a file in memory."""
+holds more than one block of a file in memory, except that a Parquet file's row groups may be
+decoded on a pool of workers, a few at a time, where each is small enough (GROUP_BYTES)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from nnship.batch.pipeline import Workers, ordered
 from nnship.batch.rows import Unreadable
 from nnship.errors import NnshipError
 
@@ -34,6 +36,7 @@ FORMATS = {
 log = logging.getLogger(__name__)
 ARRAY_MEMBERS = ("X", "input")  # the NPZ member holding the rows (else its only one)
 CSV_BLOCK_BYTES = 4 << 20
+GROUP_BYTES = 64 << 20  # a Parquet row group decoded whole on a worker holds at most this, unpacked
 
 
 @dataclass
@@ -99,16 +102,20 @@ def total_rows(path: Path) -> int | None:
     return None
 
 
-def read_blocks(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
-    """The file's rows in blocks of `rows` (the last may be shorter)."""
+def read_blocks(path: Path, spec: Spec, rows: int, pool: Workers | None = None) -> Iterator[Block]:
+    """The file's rows in blocks of `rows` (the last may be shorter); with a pool, a Parquet file's
+    row groups are decoded on its workers (the same blocks, in the same order)."""
     fmt = FORMATS[path.suffix.lower()]
-    reader = {
-        "parquet": _parquet,
-        "csv": _csv,
-        "jsonl": _jsonl,
-        "npy": _npy,
-        "npz": _npz,
-    }[fmt]
+    if fmt == "parquet" and pool is not None:
+        reader = lambda p, s, r: _parquet(p, s, r, pool)  # noqa: E731
+    else:
+        reader = {
+            "parquet": _parquet,
+            "csv": _csv,
+            "jsonl": _jsonl,
+            "npy": _npy,
+            "npz": _npz,
+        }[fmt]
     try:
         yield from reader(path, spec, rows)
     except NnshipError:
@@ -184,15 +191,32 @@ def _table_blocks(
         yield Block(path, numbers, "columns", features, {k: t.column(k) for k in spec.keep})
 
 
-def _parquet(path: Path, spec: Spec, rows: int) -> Iterator[Block]:
+def _parquet(path: Path, spec: Spec, rows: int, pool: Workers | None = None) -> Iterator[Block]:
     # pre_buffer caches every row group read until the reader is done: memory would grow with the file
     pf = pq.ParquetFile(path, pre_buffer=False)
     _need(path, pf.schema_arrow.names, spec)
     columns = list(dict.fromkeys(spec.columns + spec.keep))
-    # one decoding thread: the job already overlaps reading with inference and writing, and Arrow's
-    # thread pool would spend more CPU handing columns around than it saves (half the CPU per row)
-    batches = pf.iter_batches(batch_size=rows, columns=columns, use_threads=False)
+    meta = pf.metadata
+    groups = range(meta.num_row_groups)
+    if pool is not None and len(groups) > 1 and _groups_fit(meta):
+        # each worker decodes whole row groups on its own handle (the footer parsed once, here)
+        def group(g: int) -> pa.Table:
+            with pq.ParquetFile(path, metadata=meta, pre_buffer=False) as f:
+                return f.read_row_group(g, columns=columns, use_threads=False)
+
+        tables = ordered(pool, group, groups)
+        batches = (b for t in tables for b in t.to_batches())
+    else:
+        # one decoding thread: the job already overlaps reading with inference and writing, and
+        # Arrow's thread pool would spend more CPU handing columns around than it saves (half the
+        # CPU per row)
+        batches = pf.iter_batches(batch_size=rows, columns=columns, use_threads=False)
     yield from _table_blocks(path, _rechunk(batches, rows), spec)
+
+
+def _groups_fit(meta: pq.FileMetaData) -> bool:
+    """Whether every row group is small enough to be decoded whole beside a few others."""
+    return all(meta.row_group(g).total_byte_size <= GROUP_BYTES for g in range(meta.num_row_groups))
 
 
 def _csv(path: Path, spec: Spec, rows: int) -> Iterator[Block]:

@@ -284,6 +284,8 @@ class Jobs:
             self.variant,
             "--threads",
             str(self.settings.job_threads),
+            "--workers",
+            str(self.settings.job_workers),
             "--max-reject-fraction",
             repr(request.max_reject_fraction),
             # one `--keep=NAME` each: a name that starts with "-" stays a column name, never an option

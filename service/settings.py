@@ -217,6 +217,9 @@ class Settings(BaseSettings):
     job_threads: int = bounded(
         1, 0, 1024, "ONNX Runtime intra-op threads of each batch job's process; 0: all cores"
     )
+    job_workers: int = bounded(
+        1, 1, 64, "threads beside inference that read, check and write each batch job's parts"
+    )
     job_timeout_s: float = bounded(
         3600.0, 1.0, 604_800.0, "a batch job running longer is stopped and fails"
     )

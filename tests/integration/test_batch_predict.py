@@ -110,9 +110,14 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_a_job_killed_half_way_resumes_to_the_same_bytes(iris_package, tmp_path):
+@pytest.mark.parametrize(
+    "workers", [("1", "1"), ("3", "2")], ids=["one-worker", "row-groups-on-workers"]
+)
+def test_a_job_killed_half_way_resumes_to_the_same_bytes(iris_package, tmp_path, workers):
     tag = _tag(iris_package)
-    _iris_rows(tag, 600_000).to_parquet(tmp_path / "in.parquet", index=False)
+    # row groups of 20,000 rows: with workers, each is decoded whole on one of them
+    _iris_rows(tag, 600_000).to_parquet(tmp_path / "in.parquet", index=False, row_group_size=20_000)
+    killed, resumed_with = workers
     common = [
         "--input",
         str(tmp_path / "in.parquet"),
@@ -127,7 +132,7 @@ def test_a_job_killed_half_way_resumes_to_the_same_bytes(iris_package, tmp_path)
     ]
     out = tmp_path / "o.parquet"
     log = staging_dir(out) / "parts.log"
-    job = _cli(tag, "--output", str(out), *common)
+    job = _cli(tag, "--output", str(out), "--workers", killed, *common)
     deadline = time.monotonic() + 120
     while not (log.exists() and len(log.read_text().splitlines()) >= 30):
         assert job.poll() is None, job.communicate()
@@ -137,12 +142,13 @@ def test_a_job_killed_half_way_resumes_to_the_same_bytes(iris_package, tmp_path)
     job.wait()
     done = len(log.read_text().splitlines())
     assert not out.exists() and done < 600  # killed half-way: nothing in place yet
-    resumed = _cli(tag, "--output", str(out), "--resume", *common)
+    resumed = _cli(tag, "--output", str(out), "--resume", "--workers", resumed_with, *common)
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["resumed_parts"] >= 30 and summary["rows"] == 600_000
-    ref = _cli(tag, "--output", str(tmp_path / "ref.parquet"), *common)
+    assert summary["workers"] == int(resumed_with)
+    ref = _cli(tag, "--output", str(tmp_path / "ref.parquet"), "--workers", "1", *common)
     assert ref.wait(timeout=300) == 0, ref.communicate()
     assert out.read_bytes() == (tmp_path / "ref.parquet").read_bytes()
     assert not staging_dir(out).exists()

@@ -302,7 +302,8 @@ def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth(
         "part_rows": 4096,
         "load": 3.5,
         "stages": {"read": 0.5, "check": 0.2, "infer": 0.2, "table": 0.1, "write": 0.2},
-        "1x": {"job": run(900.0, 300.0), "in_memory": run(1000.0, 250.0)},
+        "reading": {"1": 2000.0, "2": 3500.0},
+        "1x": {"job": {**run(900.0, 300.0), "workers": 1}, "in_memory": run(1000.0, 250.0)},
         "10x": {
             "job": run(800.0, 330.0),
             "in_memory": run(1000.0, 900.0),
@@ -320,6 +321,10 @@ def test_the_benchmark_report_gives_the_ratio_against_the_bar_and_memory_growth(
         f"| {psutil.cpu_count() * 0.2 / 1.2:.2f} |", "| 0.33 |"
     )
     assert "load average at the end of each model's runs: cnn 3.5." in text
+    assert "default `--workers` (1: the cores" in text
+    # the reader side by workers, and the cores 0.85 x 1.2 / 0.2 = 5.1 -> 6 the bar would need
+    assert "| model | 1 worker | 2 workers | scaling | cores for the bar |" in text
+    assert "| cnn | 2,000 | 3,500 | 1.75x | 6 |" in text
     out_of_reach = psutil.cpu_count() * 0.2 / 1.2 < 0.85
     assert ("out of reach for the cnn" in text) == out_of_reach
 

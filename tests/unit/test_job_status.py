@@ -129,3 +129,24 @@ def test_a_job_cancelled_while_queued_never_starts(tmp_path):
 
     asyncio.run(cancelled_in_the_queue())
     assert started == [] and "started_at" not in jobs.state(folder.name)
+
+
+def test_a_jobs_command_line_is_one_nnship_predict_takes(tmp_path):
+    """The service's job settings reach the job's process as `nnship predict` flags it accepts."""
+    import argparse
+
+    from nnship.batch.cli import add_arguments
+    from nnship.service.jobs import JobRequest, Jobs
+    from nnship.service.settings import Settings
+
+    settings = Settings(jobs_dir=str(tmp_path / "jobs"), job_threads=2, job_workers=3)
+    jobs = Jobs(settings, tmp_path / "pkg", "fp32")
+    request = JobRequest(max_reject_fraction=0.25, keep=("-id", "b"))
+    cmd = jobs.command(tmp_path / "in.csv", tmp_path / "out.csv", request)
+    assert cmd[1:4] == ["-m", "nnship.cli", "predict"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(cmd[4:])
+    assert (args.threads, args.workers, args.variant) == (2, 3, "fp32")
+    assert (args.max_reject_fraction, args.keep) == (0.25, ["-id", "b"])
+    assert args.input == str(tmp_path / "in.csv") and args.output == tmp_path / "out.csv"
