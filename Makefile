@@ -71,7 +71,7 @@ k8s-rules: setup  ## deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/
 gpu-image-check: setup  ## build the CPU and GPU serving images and compare them -> reports/gpu-image.md (root, Podman; downloads GBs once)
 	$(BIN)/python deploy/container/gpu_image_check.py
 
-gpu-check: setup  ## on an NVIDIA GPU: CUDA and TensorRT providers, fp16, IO binding, ORT vs PyTorch, served load -> $(OUT)/gpu-check.md
+gpu-check: setup  ## on an NVIDIA GPU: CUDA and TensorRT providers, fp16, IO binding, a batch job, ORT vs PyTorch, served load -> $(OUT)/gpu-check.md
 	$(BIN)/python -m nnship.loadtests.gpucheck $(OUT)
 
 dashboard-png: setup  ## the Grafana dashboard's queries over real traffic, drawn -> docs/images/grafana-dashboard.png (needs prometheus)

@@ -296,12 +296,13 @@ def render(results: list[dict]) -> str:
         )
     lines += [
         "",
-        "With one worker a job holds at most about five parts at once (two read ahead, one in "
-        "inference, two waiting for the writer), and about three more per worker beyond it (a row "
-        "group, a part being checked and one being written each), whatever the input's size; the "
-        "1x files hold ten parts or more, "
-        "so both sizes run at that plateau and their peak RSS shows the memory flat in the input's "
-        "size. Output Parquet: Snappy pages, dictionary pages for text only (labels, flagged "
+        "With one worker a job holds at most seven parts at once (two read ahead, one read and "
+        "waiting for room, one in inference, two waiting for the writer, one being written); with N "
+        "workers at most 2N + 6 (N + 1 being checked and N + 1 being written, beside the same "
+        "four), plus N + 1 decoded Parquet row groups of at most 64 MiB each, whatever the input's "
+        "size (seen: 7 with one worker, 22 with eight when writing is the slow stage); the 1x files "
+        "hold ten parts or more, so both sizes run at that plateau and their peak RSS shows the "
+        "memory flat in the input's size. Output Parquet: Snappy pages, dictionary pages for text only (labels, flagged "
         "feature names), plain pages for numbers, min/max statistics for kept non-float columns; "
         "the parts one output file is assembled from are staged as Arrow IPC files, so each row is "
         "encoded as Parquet once.",

@@ -5,13 +5,14 @@ decoding, NumPy's checks and Arrow's encoders release the GIL too)."""
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+from nnship.cpus import usable_cores
 
 MAX_WORKERS = 8
 
@@ -109,11 +110,8 @@ class Consumer:
 
 
 def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The cores this process may use (its affinity, narrowed by a container's CPU quota)."""
+    return usable_cores()
 
 
 def default_workers(threads: int) -> int:
@@ -144,10 +142,20 @@ def worker_pool(workers: int) -> Workers | None:
 def ordered(pool: Workers, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
     """fn(item) for each item, run on the pool at most `pool.ahead` at a time, given back in the
     items' order; a call's error is raised here when its turn comes, and the calls not yet begun are
-    cancelled when the caller stops early."""
+    cancelled when the caller stops early. An error of `items` itself comes after the results of
+    the items before it, as it would without a pool."""
     pending: deque[Future] = deque()
+    source = iter(items)
     try:
-        for item in items:
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                break
+            except Exception:
+                while pending:
+                    yield pending.popleft().result()
+                raise
             pending.append(pool.submit(fn, item))
             if len(pending) >= pool.ahead:
                 yield pending.popleft().result()

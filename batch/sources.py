@@ -36,7 +36,7 @@ FORMATS = {
 log = logging.getLogger(__name__)
 ARRAY_MEMBERS = ("X", "input")  # the NPZ member holding the rows (else its only one)
 CSV_BLOCK_BYTES = 4 << 20
-GROUP_BYTES = 64 << 20  # a Parquet row group decoded whole on a worker holds at most this, unpacked
+GROUP_BYTES = 64 << 20  # a Parquet row group decoded whole on a worker holds at most this in Arrow
 
 
 @dataclass
@@ -198,7 +198,7 @@ def _parquet(path: Path, spec: Spec, rows: int, pool: Workers | None = None) -> 
     columns = list(dict.fromkeys(spec.columns + spec.keep))
     meta = pf.metadata
     groups = range(meta.num_row_groups)
-    if pool is not None and len(groups) > 1 and _groups_fit(meta):
+    if pool is not None and len(groups) > 1 and _groups_fit(meta, pf.schema_arrow, columns):
         # each worker decodes whole row groups on its own handle (the footer parsed once, here)
         def group(g: int) -> pa.Table:
             with pq.ParquetFile(path, metadata=meta, pre_buffer=False) as f:
@@ -214,9 +214,37 @@ def _parquet(path: Path, spec: Spec, rows: int, pool: Workers | None = None) -> 
     yield from _table_blocks(path, _rechunk(batches, rows), spec)
 
 
-def _groups_fit(meta: pq.FileMetaData) -> bool:
-    """Whether every row group is small enough to be decoded whole beside a few others."""
-    return all(meta.row_group(g).total_byte_size <= GROUP_BYTES for g in range(meta.num_row_groups))
+def _groups_fit(meta: pq.FileMetaData, schema: pa.Schema, columns: list[str]) -> bool:
+    """Whether every row group's `columns`, decoded, are known to fit in GROUP_BYTES (then a few
+    groups can be held at once)."""
+    sizes = (decoded_bytes(meta.row_group(g), schema, columns) for g in range(meta.num_row_groups))
+    return all(size is not None and size <= GROUP_BYTES for size in sizes)
+
+
+def decoded_bytes(group: pq.RowGroupMetaData, schema: pa.Schema, columns: list[str]) -> int | None:
+    """The bytes a row group's `columns` take in Arrow once decoded, from the footer alone; None
+    when the footer cannot tell.
+
+    Parquet's own sizes are those of the encoded pages, which dictionary and run-length encoding
+    make far smaller than the values (a column of mostly zeros: 60x). A fixed-width column takes
+    its width times the rows; a text column written plainly, its uncompressed pages (a length and
+    the bytes of each value) plus room for 8-byte offsets; a dictionary-encoded text column or a
+    nested one cannot be told."""
+    chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    rows, total = group.num_rows, 0
+    for name in columns:
+        kind = schema.field(name).type
+        if not (pa.types.is_dictionary(kind) or pa.types.is_nested(kind)):
+            try:
+                total += (rows * kind.bit_width + 7) // 8 + (rows + 7) // 8  # values, validity
+                continue
+            except ValueError:  # text, binary: variable width
+                pass
+        chunk = chunks.get(name)
+        if chunk is None or chunk.has_dictionary_page or pa.types.is_nested(kind):
+            return None
+        total += chunk.total_uncompressed_size + 4 * rows + (rows + 7) // 8  # (large) offsets
+    return total
 
 
 def _csv(path: Path, spec: Spec, rows: int) -> Iterator[Block]:

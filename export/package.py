@@ -24,6 +24,7 @@ from nnship.contracts import (
     parse,
     write_record,
 )
+from nnship.cpus import usable_cores
 from nnship.errors import NnshipError
 from nnship.export.bench import measure_rounds, ort_runner, torch_runner
 from nnship.export.choose import DEFAULT_OBJECTIVE, OBJECTIVES, choose_default
@@ -229,7 +230,7 @@ def build_variants(
     progress: Any,
 ) -> Built:
     """Build, open and verify every requested variant; failures other than fp32's are recorded."""
-    threads = opts.threads or os.cpu_count() or 1
+    threads = opts.threads or usable_cores()
     batches = edge_batches(run.rows.x_test, run.model.name in RECURRENT, opts.max_batch)
     torch_out = run_torch(run.model, run.rows.x_test)
     built = Built(torch_out=torch_out)
@@ -248,7 +249,7 @@ def build_variants(
 
 def benchmark(built: Built, run: Run, opts: ExportOptions) -> dict[str, float]:
     """Latency and throughput of every shipped variant and PyTorch eager; returns PyTorch's."""
-    threads = opts.threads or os.cpu_count() or 1
+    threads = opts.threads or usable_cores()
     x = run.rows.x_test
     row, big = x[:1], np.resize(x, (opts.bench_batch, *x.shape[1:]))
     runners = {v: ort_runner(sess) for v, sess in built.sessions.items()}
@@ -310,7 +311,7 @@ def build_manifest(
         "accuracy_budget": opts.accuracy_budget,
         "measured_on": {
             "provider": CPU,
-            "threads": opts.threads or os.cpu_count() or 1,
+            "threads": opts.threads or usable_cores(),
             "bench_batch": opts.bench_batch,
         },
         "pytorch": {"test_metric": torch_metric, "speed": pytorch},
@@ -356,7 +357,7 @@ def export_run(opts: ExportOptions) -> Manifest:
     check_writable(out.parent, "output directory")
     if opts.store:
         check_writable(store_home(), "BentoML model store")
-    torch.set_num_threads(opts.threads or os.cpu_count() or 1)
+    torch.set_num_threads(opts.threads or usable_cores())
     with (
         step_progress(["export", *variants, "pytorch", "package"]) as progress,
         tempfile.TemporaryDirectory() as work,

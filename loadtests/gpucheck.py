@@ -4,8 +4,9 @@
 
 Trains a tiny digits CNN and digits-seq LSTM, exports them (fp32 and fp16), then checks that the
 CUDA provider really runs (TensorRT where this build has it), that `--require-gpu` starts, fp16
-against fp32 on the GPU, IO binding, ONNX Runtime against PyTorch eager on CUDA, and the service
-under load with one worker per GPU. Each check is recorded with its figures, or with why it failed
+against fp32 on the GPU, IO binding, a whole `nnship predict` batch job on CUDA against in-memory
+ONNX Runtime, ONNX Runtime against PyTorch eager on CUDA, and the service under load with one worker
+per GPU. Each check is recorded with its figures, or with why it failed
 or could not run, in OUT_DIR/gpu-check.json and OUT_DIR/gpu-check.md. Without an NVIDIA GPU it
 writes {"gpu": false} and exits 0.
 """
@@ -41,8 +42,10 @@ BIG = 1024  # rows of the throughput batch
 CLIENTS = (1, 64)
 LOAD_PROCESSES = 4  # load generator processes without wrk
 PARITY_ATOL = 1e-3  # largest |Δ probability| between the CUDA and the CPU provider, fp32
+JOB_ROWS = 1_000_000  # rows of the batch job's input file
+JOB_BAR = 0.85  # the batch job's rows/s against in-memory ONNX Runtime (issue: batch inference)
 REQUIRED = ("torch", "onnx", "onnxruntime", "safetensors", "sklearn", "pydantic_settings")
-REQUIRED += ("httpx", "bentoml")  # nnship's imports the checks need
+REQUIRED += ("httpx", "bentoml", "pyarrow")  # nnship's imports the checks need
 
 
 class Unavailable(Exception):
@@ -187,6 +190,62 @@ def rows_per_second(fn: Callable[[np.ndarray], object], big: np.ndarray, seconds
 
 def resize(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))
+
+
+def batch_job_figures(package: Path, x: np.ndarray, rows: int, work: Path) -> dict[str, Any]:
+    """`nnship predict` (fp32, all cores, its default batch size and workers) over `rows` rows
+    written as an NPY file, against the job's own runtime on the same rows preloaded in memory at
+    the job's batch size; the job's provider and batch size, rows/s both ways and their ratio, and
+    the largest |Δ probability| between its output and the CPU provider's answer on the same rows."""
+    import pyarrow.parquet as pq
+
+    from nnship.batch.engine import open_runtime
+    from nnship.batch.job import Options, predict
+    from nnship.onnxrt import CPU
+
+    big = resize(x, rows)
+    np.save(work / "job-rows.npy", big)
+    out = work / "job-output.parquet"
+    summary = predict(
+        Options(
+            package=str(package),
+            input=str(work / "job-rows.npy"),
+            output=out,
+            variant="fp32",
+            overwrite=True,
+            progress=False,
+        )
+    )
+    table = pq.read_table(out)
+    columns = [c for c in table.column_names if c.startswith("p_")] or ["prediction"]
+    got = np.column_stack([table.column(c).to_numpy() for c in columns])
+    reference = provider_session(package / "fp32.onnx", CPU).run(None, {"input": x})[0]
+    want = probabilities(reference) if columns[0].startswith("p_") else reference[:, :1]
+    diff = float(np.abs(got - np.resize(want, got.shape)).max())
+    runtime = open_runtime(str(package), "fp32", 0)
+    step = summary.batch_size
+
+    def in_memory(rows_: np.ndarray) -> None:
+        for i in range(0, len(rows_), step):
+            runtime.run(rows_[i : i + step])
+
+    in_memory(big[:step])  # warm-up
+    start = time.perf_counter()
+    in_memory(big)
+    baseline = rows / (time.perf_counter() - start)
+    return {
+        "rows": summary.rows,
+        "predicted": summary.predicted,
+        "provider": summary.provider,
+        "in_memory_provider": runtime.provider,
+        "batch_size": summary.batch_size,
+        "workers": summary.workers,
+        "job_rows_per_s": summary.rows_per_s,
+        "in_memory_rows_per_s": baseline,
+        "ratio": summary.rows_per_s / baseline,
+        "bar": JOB_BAR,
+        "max_abs_prob_diff_vs_cpu": diff,
+    }
 
 
 # ---- the load generator (wrk when installed, else asyncio + httpx) -------------------------------
@@ -444,6 +503,27 @@ def check_io_binding(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def check_batch_job(ctx: Context) -> dict[str, Any]:
+    """A whole `nnship predict` job runs on CUDA in large batches, answers as the CPU provider does,
+    and keeps up with in-memory ONNX Runtime on the GPU (rows/s ratio against the 0.85 bar)."""
+    from nnship.batch.engine import GPU_BATCH
+
+    out = {}
+    for family, m in _models(ctx).items():
+        folder = ctx.work / f"batch-{family}"
+        folder.mkdir(exist_ok=True)
+        out[family] = batch_job_figures(m.package, m.x, JOB_ROWS, folder)
+        shutil.rmtree(folder)
+    for family, f in out.items():
+        if f["provider"] != ctx.provider or f["batch_size"] != GPU_BATCH:
+            raise AssertionError(
+                f"{family}: the job ran on {f['provider']}, batch {f['batch_size']}"
+            )
+        if f["max_abs_prob_diff_vs_cpu"] > PARITY_ATOL or f["predicted"] != JOB_ROWS:
+            raise AssertionError(f"{family}: the job's answers differ from the CPU's: {f}")
+    return out
+
+
 def check_ort_vs_torch(ctx: Context) -> dict[str, Any]:
     """ORT CUDA fp32/fp16 against PyTorch eager on CUDA: batch-1 p50, batch-1024 rows/s."""
     import torch
@@ -542,6 +622,7 @@ CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]], float]] = [
     ("require-gpu", check_require_gpu, 60),
     ("fp16-parity", check_fp16, 60),
     ("io-binding", check_io_binding, 60),
+    ("batch-job", check_batch_job, 150),
     ("ort-vs-torch", check_ort_vs_torch, 120),
     ("serve", check_serve, 240),
 ]

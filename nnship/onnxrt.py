@@ -3,10 +3,11 @@ and batch jobs."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnxruntime as ort
+
+from nnship.cpus import usable_cores
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -63,5 +64,5 @@ def batch_coupled_ops(model: bytes) -> list[str]:
 
 def cpu_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     """A session on the CPU provider with `threads` intra-op threads (default: all cores)."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cores()
     return ort.InferenceSession(str(path), session_options(threads), providers=[CPU])

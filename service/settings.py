@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from nnship.cpus import usable_cores
 from nnship.errors import NnshipError
 from nnship.io import atomic_write
 
@@ -79,7 +80,11 @@ class Settings(BaseSettings):
     )
     workers: int = bounded(1, 1, 256, "worker processes")
     threads: int = bounded(
-        0, 0, 1024, "ONNX Runtime intra-op threads per worker; 0: cores ÷ workers"
+        0,
+        0,
+        1024,
+        "ONNX Runtime intra-op threads per worker; 0: usable cores ÷ workers (a container's CPU "
+        "limit counts)",
     )
     max_batch_size: int = bounded(
         128, 1, 65536, "rows per inference call formed by adaptive batching"
@@ -215,10 +220,14 @@ class Settings(BaseSettings):
         "upload limit of `/batch/submit` in bytes (413 past it, read no further)",
     )
     job_threads: int = bounded(
-        1, 0, 1024, "ONNX Runtime intra-op threads of each batch job's process; 0: all cores"
+        1, 0, 1024, "ONNX Runtime intra-op threads of each batch job's process; 0: all usable cores"
     )
     job_workers: int = bounded(
-        1, 1, 64, "threads beside inference that read, check and write each batch job's parts"
+        1,
+        0,
+        64,
+        "threads beside inference that read, check and write each batch job's parts; 0: the usable "
+        "cores the job's threads leave (at most 8)",
     )
     job_timeout_s: float = bounded(
         3600.0, 1.0, 604_800.0, "a batch job running longer is stopped and fails"
@@ -264,7 +273,7 @@ class Settings(BaseSettings):
 
     @property
     def intra_op_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.threads or max(1, usable_cores() // self.workers)
 
     def api_key(self) -> str:
         return os.environ.get(self.api_key_env, "")

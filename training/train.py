@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nnship.cpus import usable_cores
 from nnship.training import checkpoint as ckpt
 from nnship.training.data import load_dataset, split
 from nnship.training.recipes import TrainConfig
@@ -36,9 +37,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     device = pick_device(cfg.device, local_rank)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.set_num_threads(
-        max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    )
+    torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     sp = split(ds, val_size=cfg.val_fraction)
     trainer = Trainer(cfg, ds, sp, rank, world, device)
     if resume is not None:

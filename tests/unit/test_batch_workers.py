@@ -3,6 +3,7 @@ with several workers giving the bytes one worker gives (tiny linear package, no 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -13,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from nnship.batch import pipeline, sources
-from nnship.batch.job import Options, predict
+from nnship.batch.job import Options, predict, staging_dir
 from nnship.batch.pipeline import default_workers, ordered, worker_pool
 from nnship.batch.sources import Spec, read_blocks
+from nnship.errors import NnshipError
 from tests.batchpkg import linear_package
 
 FEATURES = ["f0", "f1", "f2"]
@@ -79,6 +81,21 @@ def test_ordered_raises_a_calls_error_in_its_turn_and_cancels_the_rest():
     assert max(began) < 3 + pool.ahead + 1  # the rest was never begun
 
 
+def test_ordered_gives_the_results_before_an_error_of_the_items_themselves():
+    pool = worker_pool(3)
+
+    def items():
+        yield from range(6)
+        raise OSError("the seventh item cannot be read")
+
+    got = []
+    with pytest.raises(OSError, match="seventh"):
+        for value in ordered(pool, lambda i: time.sleep(0.01 * (6 - i)) or -i, items()):
+            got.append(value)
+    pool.shutdown()
+    assert got == [0, -1, -2, -3, -4, -5]  # every item read before it, as without a pool
+
+
 def test_default_workers_are_the_cores_inference_leaves(monkeypatch):
     monkeypatch.setattr(pipeline, "cores", lambda: 16)
     assert default_workers(1) == 8  # at most MAX_WORKERS
@@ -138,6 +155,65 @@ def test_row_groups_too_large_to_decode_whole_are_streamed(tmp_path, monkeypatch
     finally:
         pool.shutdown()
     _same_blocks(pooled, streamed)
+
+
+def test_a_groups_decoded_size_is_told_from_its_columns_not_its_encoded_pages(tmp_path):
+    n = 50_000
+    sparse = np.zeros(n)
+    sparse[::1000] = 1.0  # mostly one value: dictionary and run-length pages of a few kB
+    table = pa.table(
+        {
+            "f0": sparse,
+            "flag": pa.array(np.arange(n) % 7 == 0),
+            "name": pa.array([f"row-{i:08d}" for i in range(n)]),
+            "kind": pa.array(["a", "b"] * (n // 2)),
+        }
+    )
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(table, plain, use_dictionary=["f0", "kind"])  # name plain
+    meta = pq.ParquetFile(plain).metadata
+    schema = pq.ParquetFile(plain).schema_arrow
+    group = meta.row_group(0)
+    assert group.column(0).total_uncompressed_size < n * 8 / 10  # pages say little of the values
+    read = pq.read_table(plain)
+    for cols in (["f0"], ["f0", "flag"], ["f0", "flag", "name"]):
+        estimate = sources.decoded_bytes(group, schema, cols)
+        decoded = read.select(cols).nbytes
+        assert decoded <= estimate <= 1.25 * decoded, (cols, estimate, decoded)
+    assert sources.decoded_bytes(group, schema, ["f0", "kind"]) is None  # cannot be told
+
+
+def test_groups_that_decode_past_the_limit_are_streamed_however_small_their_pages(
+    tmp_path, monkeypatch
+):
+    n = 40_000
+    sparse = np.zeros((n, 3))
+    sparse[::500] = 1.0
+    path = tmp_path / "a.parquet"
+    pq.write_table(
+        pa.table({c: sparse[:, i] for i, c in enumerate(FEATURES)}), path, row_group_size=n // 4
+    )
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    decoded = (n // 4) * 3 * 8
+    assert group.total_byte_size < decoded / 10
+    monkeypatch.setattr(sources, "GROUP_BYTES", decoded // 2)  # the pages fit; the values do not
+    whole = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_group",
+        lambda self, g, **kw: whole.append(g) or real(self, g, **kw),
+    )
+    pool = worker_pool(2)
+    try:
+        pooled = list(read_blocks(path, Spec(FEATURES, (3,), False), 3000, pool))
+        assert whole == []
+        monkeypatch.setattr(sources, "GROUP_BYTES", decoded + n)  # now each group fits
+        assert len(list(read_blocks(path, Spec(FEATURES, (3,), False), 3000, pool))) == 14
+        assert sorted(whole) == [0, 1, 2, 3]
+    finally:
+        pool.shutdown()
+    _same_blocks(list(read_blocks(path, Spec(FEATURES, (3,), False), 3000)), pooled)
 
 
 def _peak_reading(path, cols, part: int, pool) -> int:
@@ -225,6 +301,24 @@ def test_a_job_on_several_workers_writes_the_bytes_one_worker_writes(tmp_path, o
         )
     assert got[1][3] == 2 * len(range(0, 5000, 97))
     assert got[2] == got[1] and got[4] == got[1]
+
+
+def test_a_job_stopped_by_a_later_file_keeps_the_parts_one_worker_keeps(tmp_path):
+    package = linear_package(tmp_path / "pkg")
+    rows(3000).to_parquet(tmp_path / "a.parquet", index=False, row_group_size=100)
+    rows(10)[["id", "f0"]].to_parquet(tmp_path / "b.parquet", index=False)  # no f1, f2
+    logs = {}
+    for workers in (1, 4):
+        out = tmp_path / f"w{workers}" / "o.parquet"
+        out.parent.mkdir()
+        options = Options(str(package), str(tmp_path / "*.parquet"), out, workers=workers)
+        options.threads, options.part_rows, options.progress = 1, 100, False
+        with pytest.raises(NnshipError, match=r"b\.parquet: .*f1, f2"):
+            predict(options)
+        logs[workers] = (staging_dir(out) / "parts.log").read_text().splitlines()
+        assert not out.exists()
+    assert len(logs[1]) == 30  # every part of a.parquet, recorded before the error
+    assert [json.loads(e)["part"] for e in logs[4]] == [json.loads(e)["part"] for e in logs[1]]
 
 
 def test_workers_out_of_range_are_refused_naming_the_flag(tmp_path):

@@ -187,6 +187,19 @@ def test_io_bound_and_plain_runs_agree_and_are_measured(linear):
     assert g.rows_per_second(g.bound_runner(session, "cpu"), big, 0.05) > 1024
 
 
+def test_a_batch_job_against_in_memory_runs_on_the_cpu_provider(tmp_path):
+    from tests.batchpkg import linear_package
+
+    package = linear_package(tmp_path / "pkg")
+    x = np.random.default_rng(1).uniform(0, 10, (300, 3)).astype(np.float32)
+    f = g.batch_job_figures(package, x, 5_000, tmp_path)
+    assert (f["provider"], f["in_memory_provider"], f["batch_size"]) == (CPU, CPU, 1024)
+    assert f["rows"] == f["predicted"] == 5_000
+    assert f["max_abs_prob_diff_vs_cpu"] < 1e-6
+    assert f["job_rows_per_s"] > 0 and f["in_memory_rows_per_s"] > 0
+    assert f["ratio"] == f["job_rows_per_s"] / f["in_memory_rows_per_s"]
+
+
 def test_checks_record_their_outcome_and_never_hang(tmp_path):
     def slow():
         time.sleep(5)
