@@ -114,3 +114,17 @@ def test_sigterm_drains_in_flight_requests(container):
     assert took < GRACE
     state = podman("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip()
     assert state == "0", podman("logs", name, check=False).stderr[-2000:]
+
+
+def test_a_cpu_limit_sizes_the_threads_that_all_cores_would_mean(image):
+    """`--cpus 1` leaves the host's cores visible; the service's default threads follow the
+    container's CPU quota, not the host."""
+    probe = (
+        "from nnship.cpus import usable_cores; from nnship.service.settings import Settings; "
+        "print(usable_cores(), Settings(model='m').intra_op_threads)"
+    )
+    run = ("run", "--rm", "--read-only", "--user", "10001", "--entrypoint", "python3")
+    limited = podman(*run, "--cpus", "1", image, "-c", probe).stdout.split()
+    assert limited == ["1", "1"]
+    host = str(len(os.sched_getaffinity(0)))
+    assert podman(*run, image, "-c", probe).stdout.split() == [host, host]
