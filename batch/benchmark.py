@@ -187,9 +187,10 @@ def reading(package: str, rows: str, part_rows: str) -> dict:
     how the stages that bound a cheap model's job scale with the cores given to them."""
     from nnship.batch import job
     from nnship.batch.engine import Engine, open_runtime
-    from nnship.batch.pipeline import cores, ordered, worker_pool
+    from nnship.batch.pipeline import ordered, worker_pool
     from nnship.batch.rows import column_names
     from nnship.batch.sources import Spec, read_blocks
+    from nnship.cpus import usable_cores
     from nnship.service.validation import Validator
 
     rt = open_runtime(package, "fp32", THREADS)
@@ -203,7 +204,7 @@ def reading(package: str, rows: str, part_rows: str) -> dict:
         return checked.rows, engine.flags(checked)
 
     out = {}
-    for workers in sorted({1, cores()}):
+    for workers in sorted({1, usable_cores()}):
         pool = worker_pool(workers)
         began, n = time.perf_counter(), 0
         blocks = read_blocks(Path(rows), spec, int(part_rows), pool)

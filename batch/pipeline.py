@@ -109,15 +109,10 @@ class Consumer:
         self._raise()
 
 
-def cores() -> int:
-    """The cores this process may use (its affinity, narrowed by a container's CPU quota)."""
-    return usable_cores()
-
-
 def default_workers(threads: int) -> int:
     """Workers beside inference when none are asked for: the cores ONNX Runtime's `threads` leave
     (0 threads: all cores, so one worker), at least 1 and at most MAX_WORKERS."""
-    n = cores()
+    n = usable_cores()
     return max(1, min(MAX_WORKERS, n - (threads or n)))
 
 

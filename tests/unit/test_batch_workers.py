@@ -97,12 +97,12 @@ def test_ordered_gives_the_results_before_an_error_of_the_items_themselves():
 
 
 def test_default_workers_are_the_cores_inference_leaves(monkeypatch):
-    monkeypatch.setattr(pipeline, "cores", lambda: 16)
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 16)
     assert default_workers(1) == 8  # at most MAX_WORKERS
     assert default_workers(12) == 4
     assert default_workers(0) == 1  # ONNX Runtime takes every core
     assert default_workers(16) == 1
-    monkeypatch.setattr(pipeline, "cores", lambda: 2)
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
     assert default_workers(1) == 1
     assert worker_pool(1) is None
 

@@ -70,7 +70,3 @@ def test_usable_cores_are_the_affinity_narrowed_by_the_quota_rounded_up(tmp_path
     (root / "cpu.max").write_text("max 100000")
     assert cpus.usable_cores() == 64
     assert Settings(model="m").intra_op_threads == 64 and default_workers(1) == 8
-
-
-def test_on_this_machine_usable_cores_are_at_most_its_affinity():
-    assert 1 <= cpus.usable_cores() <= cpus.affinity_cores()
