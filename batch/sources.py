@@ -36,6 +36,9 @@ FORMATS = {
 log = logging.getLogger(__name__)
 ARRAY_MEMBERS = ("X", "input")  # the NPZ member holding the rows (else its only one)
 CSV_BLOCK_BYTES = 4 << 20
+# encodings whose pages hold every value's bytes (a text column's size can be told from them); a
+# dictionary, or DELTA_BYTE_ARRAY's shared prefixes, make pages far smaller than the values
+VALUES_WHOLE = {"PLAIN", "RLE", "BIT_PACKED", "DELTA_LENGTH_BYTE_ARRAY"}
 GROUP_BYTES = 64 << 20  # a Parquet row group decoded whole on a worker holds at most this in Arrow
 
 
@@ -227,9 +230,9 @@ def decoded_bytes(group: pq.RowGroupMetaData, schema: pa.Schema, columns: list[s
 
     Parquet's own sizes are those of the encoded pages, which dictionary and run-length encoding
     make far smaller than the values (a column of mostly zeros: 60x). A fixed-width column takes
-    its width times the rows; a text column written plainly, its uncompressed pages (a length and
-    the bytes of each value) plus room for 8-byte offsets; a dictionary-encoded text column or a
-    nested one cannot be told."""
+    its width times the rows; a text column whose pages hold every value's bytes (plain or
+    delta-length encoded), its uncompressed pages plus Arrow's offsets or views; a text column
+    with a dictionary or prefix-shared values, or a nested one, cannot be told."""
     chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
     rows, total = group.num_rows, 0
     for name in columns:
@@ -243,8 +246,19 @@ def decoded_bytes(group: pq.RowGroupMetaData, schema: pa.Schema, columns: list[s
         chunk = chunks.get(name)
         if chunk is None or chunk.has_dictionary_page or pa.types.is_nested(kind):
             return None
-        total += chunk.total_uncompressed_size + 4 * rows + (rows + 7) // 8  # (large) offsets
+        if not set(chunk.encodings) <= VALUES_WHOLE:  # pages smaller than their values
+            return None
+        total += chunk.total_uncompressed_size + _offset_bytes(kind) * (rows + 1) + (rows + 7) // 8
     return total
+
+
+def _offset_bytes(kind: pa.DataType) -> int:
+    """Arrow's bytes per value beside a text or binary value's own bytes."""
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        return 16
+    if pa.types.is_large_string(kind) or pa.types.is_large_binary(kind):
+        return 8
+    return 4
 
 
 def _csv(path: Path, spec: Spec, rows: int) -> Iterator[Block]:

@@ -49,7 +49,7 @@ def _cores(quota_text: str, period_text: str) -> float | None:
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
-    except OSError:
+    except (OSError, ValueError):  # missing, unreadable, or a name that is not UTF-8
         return None
 
 

@@ -183,6 +183,29 @@ def test_a_groups_decoded_size_is_told_from_its_columns_not_its_encoded_pages(tm
     assert sources.decoded_bytes(group, schema, ["f0", "kind"]) is None  # cannot be told
 
 
+@pytest.mark.parametrize(
+    ("column", "encoding"),
+    [
+        (pa.array([f"user/{i:012d}" for i in range(50_000)]), "PLAIN"),
+        (pa.array([f"user/{i:012d}" for i in range(50_000)]), "DELTA_LENGTH_BYTE_ARRAY"),
+        (pa.array([f"user/{i:012d}" for i in range(50_000)]), "DELTA_BYTE_ARRAY"),
+        (pa.array(["x"] * 50_000, type=pa.string_view()), "PLAIN"),  # 16 bytes a view
+        (pa.array([None] * 49_990 + ["y"] * 10, type=pa.large_string()), "PLAIN"),  # offsets
+    ],
+)
+def test_a_text_columns_size_is_never_under_told(tmp_path, column, encoding):
+    path = tmp_path / "t.parquet"
+    table = pa.table({"id": column})
+    pq.write_table(table, path, use_dictionary=False, column_encoding={"id": encoding})
+    f = pq.ParquetFile(path)
+    estimate = sources.decoded_bytes(f.metadata.row_group(0), f.schema_arrow, ["id"])
+    decoded = f.read().column("id").nbytes
+    if encoding == "DELTA_BYTE_ARRAY":  # shared prefixes: pages far smaller than the values
+        assert estimate is None
+    else:
+        assert decoded <= estimate <= 1.5 * decoded, (estimate, decoded)  # never less, not far more
+
+
 def test_groups_that_decode_past_the_limit_are_streamed_however_small_their_pages(
     tmp_path, monkeypatch
 ):

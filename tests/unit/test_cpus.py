@@ -10,11 +10,14 @@ from nnship.batch.pipeline import default_workers
 from nnship.service.settings import Settings
 
 
-def tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
+def tree(tmp_path: Path, proc: str, files: dict[str, str | bytes]) -> tuple[Path, Path]:
     root = tmp_path / "cgroup"
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+        if isinstance(text, bytes):
+            (root / name).write_bytes(text)
+        else:
+            (root / name).write_text(text)
     (tmp_path / "proc-cgroup").write_text(proc)
     return root, tmp_path / "proc-cgroup"
 
@@ -49,6 +52,7 @@ def tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
         ),
         # unreadable or garbled files are no limit
         ("0::/\n", {"cpu.max": "lots 100000"}, None),
+        ("0::/app\n", {"app/cpu.max": b"\xff\xfe 100000"}, None),
         ("", {}, None),
     ],
 )
