@@ -303,8 +303,9 @@ def render(results: list[dict]) -> str:
         "four), plus N + 1 decoded Parquet row groups of at most 64 MiB each, whatever the input's "
         "size (seen: 7 with one worker, 22 with eight when writing is the slow stage); the 1x files "
         "hold ten parts or more, so both sizes run at that plateau and their peak RSS shows the "
-        "memory flat in the input's size. Output Parquet: Snappy pages, dictionary pages for text only (labels, flagged "
-        "feature names), plain pages for numbers, min/max statistics for kept non-float columns; "
+        "memory flat in the input's size. Output Parquet: Snappy pages, dictionary pages for text "
+        "only (labels, flagged feature names), plain pages for numbers, min/max statistics for "
+        "kept non-float columns; "
         "the parts one output file is assembled from are staged as Arrow IPC files, so each row is "
         "encoded as Parquet once.",
     ]

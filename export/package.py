@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -230,7 +230,7 @@ def build_variants(
     progress: Any,
 ) -> Built:
     """Build, open and verify every requested variant; failures other than fp32's are recorded."""
-    threads = opts.threads or usable_cores()
+    threads = opts.threads
     batches = edge_batches(run.rows.x_test, run.model.name in RECURRENT, opts.max_batch)
     torch_out = run_torch(run.model, run.rows.x_test)
     built = Built(torch_out=torch_out)
@@ -249,7 +249,7 @@ def build_variants(
 
 def benchmark(built: Built, run: Run, opts: ExportOptions) -> dict[str, float]:
     """Latency and throughput of every shipped variant and PyTorch eager; returns PyTorch's."""
-    threads = opts.threads or usable_cores()
+    threads = opts.threads
     x = run.rows.x_test
     row, big = x[:1], np.resize(x, (opts.bench_batch, *x.shape[1:]))
     runners = {v: ort_runner(sess) for v, sess in built.sessions.items()}
@@ -311,7 +311,7 @@ def build_manifest(
         "accuracy_budget": opts.accuracy_budget,
         "measured_on": {
             "provider": CPU,
-            "threads": opts.threads or usable_cores(),
+            "threads": opts.threads,
             "bench_batch": opts.bench_batch,
         },
         "pytorch": {"test_metric": torch_metric, "speed": pytorch},
@@ -346,22 +346,25 @@ def check_options(opts: ExportOptions) -> tuple[tuple[str, ...], str, Path, bool
     if opts.objective not in OBJECTIVES:
         raise NnshipError(f"--objective {opts.objective!r}: valid are {', '.join(OBJECTIVES)}")
     out = Path(opts.out) if opts.out else Path(opts.run_dir) / "package"
-    replace = check_out(out, Path(opts.run_dir), opts.out is not None, opts.overwrite)
-    return variants, name, out, replace
+    replace_out = check_out(out, Path(opts.run_dir), opts.out is not None, opts.overwrite)
+    return variants, name, out, replace_out
 
 
 def export_run(opts: ExportOptions) -> Manifest:
     """Export, verify, optimize, measure and package a run; returns the manifest as written."""
-    variants, name, out, replace = check_options(opts)
+    variants, name, out, replace_out = check_options(opts)
+    opts = replace(
+        opts, threads=opts.threads or usable_cores()
+    )  # 0: every usable core, counted once
     run = load_run(Path(opts.run_dir))
     check_writable(out.parent, "output directory")
     if opts.store:
         check_writable(store_home(), "BentoML model store")
-    torch.set_num_threads(opts.threads or usable_cores())
+    torch.set_num_threads(opts.threads)
     with (
         step_progress(["export", *variants, "pytorch", "package"]) as progress,
         tempfile.TemporaryDirectory() as work,
-        staged_dir(out, replaceable=is_package if replace else None) as tmp,
+        staged_dir(out, replaceable=is_package if replace_out else None) as tmp,
     ):
         raw = Path(work) / "raw.onnx"
         exporter = export_onnx(run.model, raw, onnx_metadata(name, run.meta))

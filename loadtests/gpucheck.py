@@ -6,9 +6,9 @@ Trains a tiny digits CNN and digits-seq LSTM, exports them (fp32 and fp16), then
 CUDA provider really runs (TensorRT where this build has it), that `--require-gpu` starts, fp16
 against fp32 on the GPU, IO binding, a whole `nnship predict` batch job on CUDA against in-memory
 ONNX Runtime, ONNX Runtime against PyTorch eager on CUDA, and the service under load with one worker
-per GPU. Each check is recorded with its figures, or with why it failed
-or could not run, in OUT_DIR/gpu-check.json and OUT_DIR/gpu-check.md. Without an NVIDIA GPU it
-writes {"gpu": false} and exits 0.
+per GPU. Each check is recorded with its figures, or with why it failed or could not run, in
+OUT_DIR/gpu-check.json and OUT_DIR/gpu-check.md. Without an NVIDIA GPU it writes {"gpu": false}
+and exits 0.
 """
 
 from __future__ import annotations

@@ -33,12 +33,9 @@ def _quota_v2(text: str) -> float | None:
     return _cores(fields[0], fields[1])
 
 
-def _quota_v1(quota_text: str, period_text: str) -> float | None:
-    """cgroup v1's cpu.cfs_quota_us and cpu.cfs_period_us as cores; None for -1 (no limit)."""
-    return _cores(quota_text, period_text)
-
-
 def _cores(quota_text: str, period_text: str) -> float | None:
+    """A quota and its period (cgroup v1's cpu.cfs_quota_us and cpu.cfs_period_us, or cpu.max's
+    two fields) as cores; None for no limit (-1) or text that is not a number."""
     try:
         quota, period = int(quota_text), int(period_text)
     except ValueError:
@@ -79,7 +76,7 @@ def cgroup_cores(root: Path | None = None, proc_cgroup: Path | None = None) -> f
             for c in _ancestors(path):
                 folder = root / name / c
                 quota = _read(folder / "cpu.cfs_quota_us") or ""
-                quotas.append(_quota_v1(quota, _read(folder / "cpu.cfs_period_us") or ""))
+                quotas.append(_cores(quota, _read(folder / "cpu.cfs_period_us") or ""))
     found = [q for q in quotas if q is not None]
     return min(found) if found else None
 
